@@ -1,0 +1,183 @@
+"""Command line: `python -m erasure_core {demo,erase,toyworld-eval,toyworld-train} ...`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ErasureError
+
+
+def _toy_judge():
+    from .toyworld import JUDGE_PATH
+    from .toyworld.judge import load_judge
+
+    return load_judge(JUDGE_PATH)
+
+
+def _load_model(path: str | None, config: str | None, device: str):
+    from .model import load_diffusers_model
+    from .toyworld import MODEL_DIR
+
+    model_path = Path(path) if path else MODEL_DIR
+    is_toy = model_path.resolve() == MODEL_DIR.resolve()
+    return load_diffusers_model(model_path, device=device, config=config), is_toy
+
+
+def print_report(report: dict) -> None:
+    rows = [("erased rate (concept still seen)", "erased_rate"), ("preserved accuracy", "preserved_acc"),
+            ("erased rate on paraphrases", "paraphrase_erased_rate"), ("alternative hit rate", "alt_hit_rate")]
+    print(f"\n{'metric':36s} {'before':>8s} {'after':>8s}")
+    for label, key in rows:
+        b, a = report.get(f"{key}_before"), report.get(f"{key}_after")
+        if a is None:
+            continue
+        print(f"{label:36s} {b if b is not None else float('nan'):8.3f} {a:8.3f}")
+    if report.get("divergence") is not None:
+        print(f"{'divergence (mean |after-before|)':36s} {'':>8s} {report['divergence']:8.4f}")
+    print(f"{'training':36s} {report['steps']} steps, {report['seconds']} s (whole job {report['total_seconds']} s)\n")
+
+
+def cmd_erase(args) -> int:
+    from .jobs import run_erasure
+    from .methods import METHODS
+    from .toyworld import evaluate as toy_eval
+
+    model, is_toy = _load_model(args.model, args.config, args.device)
+    config_cls = METHODS[args.method][0]
+    options = {k: v for k, v in vars(args).items() if v is not None and k in config_cls.__dataclass_fields__}
+    options["concepts"] = args.concept
+    if args.alternative:
+        options["alternatives"] = args.alternative
+    if is_toy:
+        # The toy world knows its own prompts: train on every combination the concept appears in.
+        for key, value in toy_eval.toy_options(args.concept).items():
+            options.setdefault(key, value)
+    config = config_cls(**options)
+    out = run_erasure(model, args.method, config, args.out, judge=_toy_judge() if is_toy else None,
+                      progress=_progress_printer(), log=lambda m: print(m, flush=True))
+    print_report(out.report)
+    if args.out:
+        print(f"wrote {out.erasure_path}\nwrote {out.grid_path}\nwrote {out.report_path}")
+    return 0
+
+
+def _progress_printer():
+    def progress(step, total, loss):
+        if step == 1 or step == total or step % max(1, total // 10) == 0:
+            print(f"  step {step}/{total} loss {loss:.4f}", flush=True)
+    return progress
+
+
+def cmd_demo(args) -> int:
+    from .jobs import run_erasure
+    from .methods.dt import DTConfig
+    from .toyworld import evaluate as toy_eval
+
+    model, _ = _load_model(None, None, "cpu")
+    config = DTConfig(**demo_dt_options())
+    out = run_erasure(model, "dt", config, args.out, judge=_toy_judge(), progress=_progress_printer(),
+                      log=lambda m: print(m, flush=True))
+    print_report(out.report)
+    print(f"wrote {out.erasure_path}\nwrote {out.grid_path}\nwrote {out.report_path}")
+    return 0
+
+
+def demo_dt_options(concept: str = "circle", steps: int | None = None) -> dict:
+    """The demo's DT erasure of a shape on the toy world (settings measured in the README)."""
+    from .toyworld import evaluate as toy_eval
+
+    return dict(concepts=[concept], **toy_eval.toy_options([concept]), steps=steps or 300, lr=3e-4,
+                group="all", grid=4, batch_size=16, images_per_prompt=2, preserve_images_per_prompt=1, seed=0)
+
+
+def cmd_toy_eval(args) -> int:
+    from . import figures
+    from .jobs import write_json
+    from .toyworld.evaluate import EVAL_GUIDANCE, EVAL_STEPS, generation_accuracy
+    from .toyworld.judge import heldout_accuracy
+
+    model, _ = _load_model(None, None, "cpu")
+    judge = _toy_judge()
+    judge_acc = heldout_accuracy(judge)
+    gen = generation_accuracy(model, judge, seeds_per_scene=args.seeds_per_scene)
+    images, prompts = gen.pop("images"), gen.pop("prompts")
+    table = {"judge_acc": min(judge_acc.values()), "judge_acc_by_head": judge_acc, **gen,
+             "sampler": f"DDIM {EVAL_STEPS} steps, CFG {EVAL_GUIDANCE}"}
+    print(f"{'judge accuracy (held-out, worst head)':40s} {table['judge_acc']:.3f}  {judge_acc}")
+    for key in ("gen_shape_acc", "gen_color_acc", "gen_style_acc"):
+        print(f"{key:40s} {table[key]:.3f}")
+    print(f"{'samples':40s} {table['samples']}")
+    out = Path(args.out)
+    write_json(out, table)
+    grid_rows = [(p.replace("a ", "", 1).replace(" ", "\n", 1), images[i::48][:8])
+                 for i, p in zip(range(0, 48, 4), prompts[0:48 * args.seeds_per_scene:4 * args.seeds_per_scene])]
+    figures.save_png(figures.labelled_rows(grid_rows[:12]), out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def cmd_toy_train(args) -> int:
+    from .toyworld import ASSETS
+    from .toyworld.build import build
+
+    info = build(Path(args.out) if args.out else ASSETS, vae_steps=args.vae_steps, diffusion_steps=args.steps,
+                 judge_steps=args.judge_steps, schedule_steps=args.schedule_steps, log=lambda m: print(m, flush=True))
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m erasure_core", description="Erase concepts from a Stable "
+                                     "Diffusion model's weights.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="DT erasure of 'circle' on the built-in toy model, with figures")
+    demo.add_argument("--out", default="demo_out")
+    demo.set_defaults(fn=cmd_demo)
+
+    erase = sub.add_parser("erase", help="erase one or more concepts from a model")
+    erase.add_argument("--method", choices=["dt", "cg", "esd"], required=True)
+    erase.add_argument("--concept", action="append", required=True, help="concept to erase (repeat for several)")
+    erase.add_argument("--alternative", action="append", help="what each concept turns into (repeatable)")
+    erase.add_argument("--model", help="diffusers folder or single-file .safetensors (default: the toy world)")
+    erase.add_argument("--config", help="local diffusers folder describing a single-file checkpoint")
+    erase.add_argument("--out", default="erase_out")
+    erase.add_argument("--steps", type=int)
+    erase.add_argument("--lr", type=float)
+    erase.add_argument("--group", help="cross_attn, cross_attn_kv, no_cross_attn or all")
+    erase.add_argument("--rank", type=int, help="LoRA rank (default: full weights of the group)")
+    erase.add_argument("--grid", type=int, help="DT: scrambled grid size")
+    erase.add_argument("--drift-weight", dest="drift_weight", type=float, help="CG: λ on the unconditional drift")
+    erase.add_argument("--eta", type=float, help="ESD: negative-guidance strength")
+    erase.add_argument("--batch-size", dest="batch_size", type=int)
+    erase.add_argument("--seed", type=int)
+    erase.add_argument("--preserve", dest="preserve_prompts", action="append", help="prompt to preserve (repeatable)")
+    erase.add_argument("--template", dest="templates", action="append", help="concept prompt template with {}")
+    erase.add_argument("--device", default="cpu")
+    erase.set_defaults(fn=cmd_erase)
+
+    ev = sub.add_parser("toyworld-eval", help="judge and generation accuracy of the toy world")
+    ev.add_argument("--out", required=True, help="JSON file to write (a PNG of samples is written beside it)")
+    ev.add_argument("--seeds-per-scene", type=int, default=4)
+    ev.set_defaults(fn=cmd_toy_eval)
+
+    tr = sub.add_parser("toyworld-train", help="rebuild the toy world from scratch (deterministic)")
+    tr.add_argument("--out", help="folder (default: the shipped assets folder)")
+    tr.add_argument("--steps", type=int, default=3500)
+    tr.add_argument("--vae-steps", type=int, default=600)
+    tr.add_argument("--judge-steps", type=int, default=1200)
+    tr.add_argument("--schedule-steps", type=int, help="learning-rate horizon if longer than --steps")
+    tr.set_defaults(fn=cmd_toy_train)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except ErasureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

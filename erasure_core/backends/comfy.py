@@ -1,0 +1,267 @@
+"""The model interface over ComfyUI objects: a MODEL (ModelPatcher), a CLIP and a VAE.
+
+Methods train on a deep copy of the ComfyUI UNet (`erasure_core.trainable`), so the MODEL that
+ComfyUI caches is never written to; the result goes back into the graph as patches on a fresh
+clone. Import this module only inside ComfyUI (it imports `comfy`).
+
+Conventions that keep files portable between hosts: erasure tensors leave this module with
+diffusers-path kohya keys (`lora_unet_down_blocks_1_attentions_0_...`), the names the CLI, the
+webui and ComfyUI's own LoraLoader all read, and the metadata fingerprint is that of the
+equivalent diffusers UNet.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import nn
+
+import comfy.lora
+import comfy.model_management as mm
+import comfy.utils
+
+from .. import erasure_file
+from ..errors import ErasureInputError
+
+FINGERPRINT_KEY = "concept_eraser.unet_fingerprint"
+
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's own interrupt exception if the user pressed Cancel (checked per UNet call)."""
+    mm.throw_exception_if_processing_interrupted()
+
+
+def unet_of(patcher) -> nn.Module:
+    """The ldm UNetModel inside a MODEL, or a clear error for model types the methods cannot train."""
+    base = getattr(patcher, "model", None)
+    unet = getattr(base, "diffusion_model", None)
+    config = getattr(getattr(base, "model_config", None), "unet_config", None) or {}
+    ok = (unet is not None and type(unet).__name__ == "UNetModel" and config.get("context_dim")
+          and config.get("adm_in_channels") is None and config.get("in_channels", 4) == 4)
+    if not ok:
+        raise ErasureInputError("model", f"a {type(base).__name__} model is not a Stable Diffusion 1.x/2.x UNet",
+                                "connect the MODEL of an SD1.x (or SD2.x) checkpoint; SDXL, SD3 and Flux are not "
+                                "supported yet")
+    return unet
+
+
+def schedule_of(patcher) -> tuple[torch.Tensor, bool]:
+    """(ᾱ_t for t = 0..T-1, is v-prediction) from the MODEL's own sampling object: ᾱ = 1/(1+σ²)."""
+    sampling = patcher.get_model_object("model_sampling")
+    sigmas = getattr(sampling, "sigmas", None)
+    if sigmas is None or sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ErasureInputError("model", "its noise schedule is not a discrete DDPM schedule",
+                                "connect an SD1.x/SD2.x MODEL without a ModelSampling* override")
+    kinds = {c.__name__ for c in type(sampling).__mro__}
+    if "EPS" not in kinds and "V_PREDICTION" not in kinds:
+        raise ErasureInputError("model", f"prediction type {type(sampling).__name__} is not supported",
+                                "connect an epsilon- or v-prediction SD1.x/SD2.x MODEL")
+    sigmas = sigmas.detach().double().cpu()
+    return (1.0 / (1.0 + sigmas ** 2)).float(), "V_PREDICTION" in kinds
+
+
+def scheduler_config_for(alphas_cumprod: torch.Tensor) -> dict:
+    """A diffusers scheduler config with exactly this ᾱ (as trained betas), for the core's DDIM sampling."""
+    a = alphas_cumprod.double()
+    prev = torch.cat([torch.ones(1, dtype=a.dtype), a[:-1]])
+    betas = (1 - a / prev).clamp(0, 0.999)
+    return {"num_train_timesteps": len(a), "trained_betas": betas.tolist(), "beta_schedule": "linear",
+            "prediction_type": "epsilon", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+            "timestep_spacing": "leading"}
+
+
+def checkpointed(forward, *args, **kwargs):
+    """Recompute a block in the backward pass instead of storing its activations (training only)."""
+    if torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forward(*args, **kwargs)
+
+
+def enable_checkpointing(unet: nn.Module) -> None:
+    """Gradient checkpointing on a *private* trainable copy (the shared module is never patched)."""
+    if getattr(unet, "_concept_eraser_checkpointing", False):
+        return
+    for block in [*unet.input_blocks, unet.middle_block, *unet.output_blocks]:
+        block.forward = functools.partial(checkpointed, block.forward)
+    unet._concept_eraser_checkpointing = True
+
+
+class ComfyModel:
+    """`erasure_core.model.DiffusionModel` over ComfyUI's MODEL, CLIP and VAE.
+
+    `unet` is the MODEL's own ldm UNet, loaded through ComfyUI's memory management with the
+    MODEL's patches applied; it is only read. `image_size` is the pixel size the methods draw
+    the frozen model's images at (smaller is faster).
+    """
+
+    def __init__(self, patcher, clip=None, vae=None, image_size: int = 512, checkpointing: bool | None = None):
+        self.patcher, self.clip, self.vae = patcher, clip, vae
+        self.unet = unet_of(patcher)
+        self.alphas_cumprod, self.v_prediction = schedule_of(patcher)
+        self.scheduler_config = scheduler_config_for(self.alphas_cumprod)
+        self.device = patcher.load_device
+        factor = int(getattr(vae, "downscale_ratio", 8)) if vae is not None and isinstance(
+            getattr(vae, "downscale_ratio", 8), int) else 8
+        if image_size % factor or image_size < factor * 2:
+            raise ErasureInputError("image size", f"{image_size} px is not a multiple of {factor} (at least "
+                                    f"{factor * 2})", f"use e.g. {max(factor * 2, image_size // factor * factor)}")
+        side = image_size // factor
+        self.latent_shape = (4, side, side)
+        self.checkpointing = self.device.type == "cuda" if checkpointing is None else checkpointing
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self.load()
+
+    # -- memory management -------------------------------------------------------------------
+    def load(self) -> None:
+        """Ask ComfyUI to put the MODEL (with its patches) fully on the device; a no-op when it is."""
+        mm.load_models_gpu([self.patcher], force_full_load=True)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        base = self.patcher.model
+        return getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+
+    # -- DiffusionModel ----------------------------------------------------------------------
+    def predict_noise(self, unet, latents, timesteps, text_embeddings):
+        check_interrupt()
+        if unet is self.unet:
+            self.load()  # CLIP/VAE calls may have evicted it on small GPUs
+        elif self.checkpointing:
+            enable_checkpointing(unet)
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(latents.shape[0])
+        dtype = self.dtype
+        out = unet(latents.to(self.device, dtype), timesteps=timesteps.to(self.device).float(),
+                   context=text_embeddings.to(self.device, dtype)).float()
+        if self.v_prediction:  # eps = sqrt(ᾱ) v + sqrt(1-ᾱ) x_t
+            a = self.alphas_cumprod.to(out.device)[timesteps.long().to(out.device)].view(-1, 1, 1, 1)
+            out = a.sqrt() * out + (1 - a).sqrt() * latents.to(out)
+        return out
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        if self.clip is None:
+            raise ErasureInputError("clip", "is not connected", "connect the CLIP output of your checkpoint loader")
+        rows = [self._encode_one(p) for p in prompts]
+        return torch.cat(rows).to(self.device)
+
+    def _encode_one(self, prompt: str) -> torch.Tensor:
+        if prompt not in self._text_cache:
+            cond = self.clip.encode_from_tokens(self.clip.tokenize(prompt))
+            # Long prompts give 77·k tokens; keep the first window like the diffusers backend does.
+            self._text_cache[prompt] = cond[:, :77].float().clone()
+        return self._text_cache[prompt]
+
+    def _need_vae(self):
+        if self.vae is None:
+            raise ErasureInputError("vae", "is not connected", "connect the VAE output of your checkpoint loader")
+        return self.vae
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> latents in the UNet's space (process_latent_in applied)."""
+        raw = self._need_vae().encode(images.float().permute(0, 2, 3, 1).cpu())
+        return self.patcher.model.process_latent_in(raw.float()).to(self.device).clone()
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents in the UNet's space -> (N, 3, H, W) in [0, 1]."""
+        raw = self.patcher.model.process_latent_out(latents.float().cpu())
+        pixels = self._need_vae().decode(raw)
+        pixels = pixels.reshape(-1, *pixels.shape[-3:])  # video VAEs add a frame axis
+        return pixels.float().permute(0, 3, 1, 2).clamp(0, 1).clone()
+
+
+# -- erasure tensors <-> graph ------------------------------------------------------------------
+def ldm_to_diffusers_names(patcher) -> dict[str, str]:
+    """{ldm module path: diffusers module path} for every weight of this UNet."""
+    pairs = comfy.utils.unet_to_diffusers(patcher.model.model_config.unet_config)
+    return {ldm[: -len(".weight")]: diff[: -len(".weight")] for diff, ldm in pairs.items() if diff.endswith(".weight")}
+
+
+def split_key(key: str) -> tuple[str, str]:
+    for suffix in erasure_file.SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)], suffix
+    raise ErasureInputError("erasure", f"{key!r} is not a kohya LoRA key", "use tensors made by Concept Eraser")
+
+
+def to_diffusers_keys(state_dict: dict[str, torch.Tensor], patcher) -> dict[str, torch.Tensor]:
+    """Rename kohya keys of ldm module paths (what training on the ComfyUI UNet gives) to diffusers paths."""
+    rename = {erasure_file.module_key(ldm): erasure_file.module_key(diff)
+              for ldm, diff in ldm_to_diffusers_names(patcher).items()}
+    out = {}
+    for key, tensor in state_dict.items():
+        module, suffix = split_key(key)
+        out[rename.get(module, module) + suffix] = tensor
+    return out
+
+
+def diffusers_unet_config(unet_config: dict) -> dict:
+    """The diffusers UNet2DConditionModel config with the same layers as an SD1/SD2 ldm unet_config."""
+    mult, nrb = unet_config["channel_mult"], unet_config["num_res_blocks"]
+    depth = unet_config["transformer_depth"]
+    levels = len(mult)
+    attn = [depth[sum(nrb[:i])] > 0 for i in range(levels)]
+    return dict(
+        sample_size=unet_config.get("image_size", 64), in_channels=unet_config["in_channels"],
+        out_channels=unet_config["out_channels"], layers_per_block=nrb[0],
+        block_out_channels=[unet_config["model_channels"] * m for m in mult],
+        down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+        up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+        cross_attention_dim=unet_config["context_dim"], attention_head_dim=8,
+        transformer_layers_per_block=[max(1, depth[sum(nrb[:i])]) for i in range(levels)],
+        use_linear_projection=bool(unet_config.get("use_linear_in_transformer", False)), norm_num_groups=8,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(config_json: str) -> str:
+    import json
+
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):  # shapes only: no memory, no init
+        unet = UNet2DConditionModel(**diffusers_unet_config(json.loads(config_json)))
+    return erasure_file.unet_fingerprint(unet)
+
+
+def fingerprint(patcher) -> str | None:
+    """The fingerprint the diffusers backend computes for the same architecture (None if unknown)."""
+    import json
+
+    try:
+        return _fingerprint(json.dumps(patcher.model.model_config.unet_config, sort_keys=True, default=str))
+    except Exception:  # an architecture diffusers cannot express: skip the check rather than block the user
+        return None
+
+
+def portable_metadata(metadata: dict[str, str], patcher) -> dict[str, str]:
+    meta = dict(metadata)
+    fp = fingerprint(patcher)
+    if fp:
+        meta[FINGERPRINT_KEY] = fp
+    else:
+        meta.pop(FINGERPRINT_KEY, None)
+    return meta
+
+
+def check_fingerprint(metadata: dict[str, str], patcher, field: str = "erasure file") -> None:
+    want, have = (metadata or {}).get(FINGERPRINT_KEY), fingerprint(patcher)
+    if want and have and want != have:
+        raise ErasureInputError(field, "it was made for a model with a different UNet architecture",
+                                "apply it to the model family it was made for (same base model)")
+
+
+def patched_clone(patcher, state_dict: dict[str, torch.Tensor], strength: float = 1.0):
+    """A fresh clone of `patcher` carrying the erasure as weight patches; `patcher` is untouched."""
+    key_map = comfy.lora.model_lora_keys_unet(patcher.model, {})
+    patches = comfy.lora.load_lora(state_dict, key_map, log_missing=False)
+    modules = {split_key(k)[0] for k in state_dict}
+    if len(patches) < len(modules):
+        raise ErasureInputError("erasure", f"only {len(patches)} of its {len(modules)} layers exist in this MODEL",
+                                "apply it to the model family it was made for (same base model)")
+    clone = patcher.clone()
+    clone.add_patches(patches, strength)
+    return clone

@@ -1,0 +1,162 @@
+"""The model interface over an ldm-layout UNet (`openaimodel.UNetModel`, as in the webui and ComfyUI).
+
+The UNet is called as `unet(x, timesteps=t, context=c)`; text encoding and the VAE come from
+the host as plain functions, so this module imports no host and is tested on ComfyUI's own
+ldm UNetModel. Erasure files leave with diffusers-path kohya keys
+(`lora_unet_down_blocks_1_attentions_0_...`), the convention every backend of this project
+writes, so a file made in the webui applies in the CLI and ComfyUI alike.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .. import erasure_file
+from ..errors import ErasureInputError
+
+
+def scheduler_config_for(alphas_cumprod: torch.Tensor) -> dict:
+    """A diffusers scheduler config with exactly this ᾱ (as trained betas), for the core's DDIM sampling."""
+    a = alphas_cumprod.double().cpu()
+    prev = torch.cat([torch.ones(1, dtype=a.dtype), a[:-1]])
+    betas = (1 - a / prev).clamp(0, 0.999)
+    return {"num_train_timesteps": len(a), "trained_betas": betas.tolist(), "beta_schedule": "linear",
+            "prediction_type": "epsilon", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+            "timestep_spacing": "leading"}
+
+
+@dataclass
+class LdmModel:
+    """`erasure_core.model.DiffusionModel` over an ldm UNet plus host-supplied text and VAE functions.
+
+    `encode_text(prompts) -> (B, 77, C)`, `encode_images(x in [0,1]) -> scaled latents`,
+    `decode_latents(latents) -> images in [0,1]`. `unet` is only read: the methods train a copy.
+    """
+
+    unet: nn.Module
+    alphas_cumprod: torch.Tensor
+    text_fn: Callable[[list[str]], torch.Tensor]
+    encode_fn: Callable[[torch.Tensor], torch.Tensor]
+    decode_fn: Callable[[torch.Tensor], torch.Tensor]
+    latent_shape: tuple[int, int, int] = (4, 64, 64)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self):
+        self.alphas_cumprod = self.alphas_cumprod.detach().float().cpu()
+        self.scheduler_config = scheduler_config_for(self.alphas_cumprod)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def predict_noise(self, unet, latents, timesteps, text_embeddings):
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(latents.shape[0])
+        dtype = next(unet.parameters()).dtype if not torch.is_autocast_enabled() else latents.dtype
+        out = unet(latents.to(self.device, dtype), timesteps=timesteps.to(self.device),
+                   context=text_embeddings.to(self.device, dtype))
+        return out.float()
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        with torch.inference_mode(False):
+            ctx = self.text_fn(list(prompts))
+        # Hosts may compute under inference mode; a clone made here is an ordinary tensor autograd accepts.
+        return ctx.detach().clone().float().to(self.device)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(False):
+            z = self.encode_fn(images.to(self.device))
+        return z.detach().clone().float()
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(False):
+            x = self.decode_fn(latents)
+        return x.detach().clone().float().clamp(0, 1)
+
+
+# -- ldm module paths -> diffusers module paths --------------------------------------------------
+RESNET_PARTS = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
+                "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
+TOP_LEVEL = {"time_embed.0": "time_embedding.linear_1", "time_embed.2": "time_embedding.linear_2",
+             "input_blocks.0.0": "conv_in", "out.0": "conv_norm_out", "out.2": "conv_out"}
+
+
+def _block_part(rest: str, prefix: str) -> str:
+    """Inside a res block, rename its ldm layer names; inside a transformer, names are shared."""
+    for ldm, diff in RESNET_PARTS.items():
+        if rest == ldm or rest.startswith(ldm + "."):
+            return f"{prefix}.{diff}{rest[len(ldm):]}"
+    return f"{prefix}.{rest}" if rest else prefix
+
+
+def ldm_to_diffusers_name(name: str, num_res_blocks: int) -> str | None:
+    """The diffusers UNet2DConditionModel path of an ldm UNet module path (None if unknown).
+
+    Same layout as SD1/SD2: each resolution level has `num_res_blocks` res blocks (+ attention).
+    """
+    n = num_res_blocks
+    for ldm, diff in TOP_LEVEL.items():
+        if name == ldm or name.startswith(ldm + "."):
+            return diff + name[len(ldm):]
+    m = re.fullmatch(r"input_blocks\.(\d+)\.(\d+)(?:\.(.*))?", name)
+    if m:
+        index, part, rest = int(m[1]), int(m[2]), m[3] or ""
+        level, j = divmod(index - 1, n + 1)
+        if j == n:  # the last block of a level is its downsampler
+            return f"down_blocks.{level}.downsamplers.0.conv" if rest == "op" else None
+        kind = "resnets" if part == 0 else "attentions"
+        return _block_part(rest, f"down_blocks.{level}.{kind}.{j}")
+    m = re.fullmatch(r"middle_block\.(\d+)(?:\.(.*))?", name)
+    if m:
+        part, rest = int(m[1]), m[2] or ""
+        prefix = {0: "mid_block.resnets.0", 1: "mid_block.attentions.0", 2: "mid_block.resnets.1"}[part]
+        return _block_part(rest, prefix)
+    m = re.fullmatch(r"output_blocks\.(\d+)\.(\d+)(?:\.(.*))?", name)
+    if m:
+        index, part, rest = int(m[1]), int(m[2]), m[3] or ""
+        level, j = divmod(index, n + 1)
+        if rest == "conv" and part > 0:  # an Upsample (ldm nests it after the res block and attention)
+            return f"up_blocks.{level}.upsamplers.0.conv"
+        kind = "resnets" if part == 0 else "attentions"
+        return _block_part(rest, f"up_blocks.{level}.{kind}.{j}")
+    return None
+
+
+def unet_layout(unet: nn.Module) -> tuple[int, int]:
+    """(res blocks per level, levels) of an ldm UNetModel."""
+    nrb = getattr(unet, "num_res_blocks", None)
+    nrb = nrb[0] if isinstance(nrb, (list, tuple)) else nrb
+    mult = getattr(unet, "channel_mult", None)
+    if not isinstance(nrb, int) or mult is None:
+        raise ErasureInputError("model", f"{type(unet).__name__} is not an ldm UNetModel (no num_res_blocks/"
+                                "channel_mult)", "load a Stable Diffusion 1.x checkpoint")
+    return nrb, len(mult)
+
+
+def to_diffusers_keys(state_dict: dict[str, torch.Tensor], unet: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename kohya keys of ldm module paths to diffusers module paths (the project's file convention)."""
+    nrb, _ = unet_layout(unet)
+    rename = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            diff = ldm_to_diffusers_name(name, nrb)
+            if diff is not None:
+                rename[erasure_file.module_key(name)] = erasure_file.module_key(diff)
+    out = {}
+    for key, tensor in state_dict.items():
+        suffix = next((s for s in erasure_file.SUFFIXES if key.endswith(s)), None)
+        if suffix is None:
+            raise ErasureInputError("erasure", f"{key!r} is not a kohya LoRA key", "use tensors made by Concept Eraser")
+        module = key[: -len(suffix)]
+        if module not in rename:
+            raise ErasureInputError("erasure", f"layer {module!r} has no diffusers name",
+                                    "train a parameter group of attention or res-block layers")
+        out[rename[module] + suffix] = tensor
+    return out

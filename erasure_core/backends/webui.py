@@ -1,0 +1,290 @@
+"""The model interface over the webui's loaded model (Automatic1111, reForge, Forge), and saving there.
+
+Everything that touches `modules.*` is imported inside functions, so this module imports (and is
+tested) outside the webui; the functions take the webui's objects as arguments. What it does:
+- reaches the ldm UNet (`sd_model.model.diffusion_model`; Forge 2: `forge_objects.unet`), the
+  text encoder (`get_learned_conditioning`, outputs cloned out of inference mode), the VAE
+  (`encode_first_stage`/`decode_first_stage`) and the schedule (`alphas_cumprod`);
+- refuses what training cannot work with: --lowvram/--medvram hooks, fp8/4-bit/GGUF storage,
+  SDXL and v-prediction models, each with the fix;
+- reads clean weights when LoRAs are active (the webui merges them into the live weights);
+- saves the erasure into the webui's Lora folder with the metadata its Lora list needs, and
+  optionally as a merged checkpoint into its Stable-diffusion folder.
+The loaded model is never written to: methods train a copy.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import erasure_file
+from ..errors import ErasureInputError
+from .ldm import LdmModel, to_diffusers_keys, unet_layout
+
+TRAINABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# The diffusers UNet with SD1.x's layers: its fingerprint goes into files made here, so the CLI
+# and ComfyUI recognise them as SD1.x erasures.
+SD1_DIFFUSERS_CONFIG = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=[320, 640, 1280, 1280],
+    down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, cross_attention_dim=768, attention_head_dim=8,
+)
+
+
+# -- refusals ------------------------------------------------------------------------------------
+def check_supported(sd_model, cmd_opts=None) -> None:
+    """Raise ErasureInputError for setups training cannot work with, naming the fix."""
+    if sd_model is None:
+        raise ErasureInputError("model", "no checkpoint is loaded", "choose a Stable Diffusion 1.x checkpoint at the "
+                                "top of the webui")
+    if cmd_opts is not None and (getattr(cmd_opts, "lowvram", False) or getattr(cmd_opts, "medvram", False)) \
+            or getattr(sd_model, "lowvram", False):
+        raise ErasureInputError("webui options", "--lowvram/--medvram move UNet blocks on and off the GPU during each "
+                                "call, which breaks training", "restart the webui without --lowvram/--medvram "
+                                "(a LoRA rank 4 erasure of SD1.x needs about 6 GB of VRAM)")
+    for flag, name in (("is_sdxl", "SDXL"), ("is_sd3", "SD3"), ("is_flux", "Flux")):
+        if getattr(sd_model, flag, False):
+            raise ErasureInputError("model", f"{name} checkpoints are not supported yet", "load a Stable Diffusion "
+                                    "1.x checkpoint")
+    if getattr(sd_model, "parameterization", "eps") != "eps" or getattr(sd_model, "is_sd2", False):
+        raise ErasureInputError("model", "SD2.x checkpoints are not supported in the webui yet", "load a Stable "
+                                "Diffusion 1.x checkpoint (or use the ComfyUI nodes for SD2.x)")
+
+
+def check_storage(unet: nn.Module) -> None:
+    """Refuse fp8 / 4-bit / GGUF storage: there is no full-precision weight to train from."""
+    for name, p in unet.named_parameters():
+        if p.dtype not in TRAINABLE_DTYPES or type(p).__name__ not in ("Parameter", "Tensor"):
+            raise ErasureInputError(
+                "model", f"its weights are stored as {p.dtype} ({type(p).__name__}, e.g. {name}): quantized "
+                "(fp8, nf4, GGUF) weights cannot be trained", "set Settings → Optimizations → FP8 weight to "
+                "'Disable' (Forge: choose a 16-bit checkpoint and 'Diffusion in Low Bits: Automatic'), then reload")
+
+
+# -- reaching the model ----------------------------------------------------------------------------
+def find_unet(sd_model) -> nn.Module:
+    """The ldm UNet of A1111/reForge (`model.diffusion_model`) or Forge 2 (`forge_objects.unet`)."""
+    forge = getattr(sd_model, "forge_objects", None)
+    if forge is not None and getattr(forge, "unet", None) is not None:
+        return forge.unet.model.diffusion_model
+    inner = getattr(sd_model, "model", None)
+    unet = getattr(inner, "diffusion_model", None)
+    if unet is None:
+        raise ErasureInputError("model", f"{type(sd_model).__name__} has no ldm UNet (model.diffusion_model)",
+                                "load a Stable Diffusion 1.x checkpoint")
+    return unet
+
+
+def find_alphas(sd_model) -> torch.Tensor:
+    ac = getattr(sd_model, "alphas_cumprod", None)
+    if ac is None:  # Forge 2 keeps the schedule on the model's sampling object
+        forge = getattr(sd_model, "forge_objects", None)
+        sampling = getattr(getattr(getattr(forge, "unet", None), "model", None), "predictor", None) or getattr(
+            getattr(getattr(forge, "unet", None), "model", None), "model_sampling", None)
+        ac = getattr(sampling, "alphas_cumprod", None)
+        if ac is None and getattr(sampling, "sigmas", None) is not None:
+            ac = 1.0 / (1.0 + sampling.sigmas.double() ** 2)
+    if ac is None:
+        raise ErasureInputError("model", "its noise schedule (alphas_cumprod) was not found",
+                                "load a Stable Diffusion 1.x checkpoint")
+    return torch.as_tensor(ac).detach().float().cpu()
+
+
+def lora_backups(unet: nn.Module, sd_model=None) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """{module name: (clean weight, clean bias)} for modules whose live weights carry merged LoRAs."""
+    backups = {}
+    for name, module in unet.named_modules():  # A1111/reForge Lora network: backups on the module
+        weight = getattr(module, "network_weights_backup", None)
+        if getattr(module, "network_current_names", ()) and isinstance(weight, torch.Tensor):
+            backups[name] = (weight, getattr(module, "network_bias_backup", None))
+    patcher = getattr(getattr(sd_model, "forge_objects", None), "unet", None)
+    for key, value in (getattr(patcher, "backup", None) or {}).items():  # Forge 2: the patcher's backup
+        value = getattr(value, "weight", value)
+        if key.startswith("diffusion_model.") and key.endswith(".weight") and isinstance(value, torch.Tensor):
+            name = key[len("diffusion_model."):-len(".weight")]
+            backups[name] = (value, backups.get(name, (None, None))[1])
+    return backups
+
+
+def clean_unet(unet: nn.Module, backups: dict) -> nn.Module:
+    """`unet` itself when no LoRA is merged in; else a copy with the clean weights put back."""
+    if not backups:
+        return unet
+    clean = copy.deepcopy(unet)
+    with torch.no_grad():
+        for name, (weight, bias) in backups.items():
+            module = clean.get_submodule(name)
+            module.weight.copy_(weight.to(module.weight))
+            if bias is not None and module.bias is not None:
+                module.bias.copy_(bias.to(module.bias))
+    return clean
+
+
+def text_function(sd_model, autocast=nullcontext):
+    def encode(prompts: list[str]) -> torch.Tensor:
+        with autocast():
+            cond = sd_model.get_learned_conditioning(prompts)
+        if isinstance(cond, dict):  # SDXL-style conditioning: refused earlier, guard anyway
+            cond = cond["crossattn"]
+        return cond[:, :77]
+    return encode
+
+
+def image_functions(sd_model, autocast=nullcontext):
+    """(encode, decode) between images in [0, 1] and the UNet's scaled latents."""
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            enc = sd_model.encode_first_stage(images * 2 - 1)
+        if hasattr(enc, "mode"):  # an ldm posterior: its mean, deterministic
+            return enc.mode() * sd_model.scale_factor
+        return sd_model.get_first_stage_encoding(enc)
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            x = sd_model.decode_first_stage(latents.to(next(find_unet(sd_model).parameters()).dtype))
+        return (x.float() + 1) / 2
+    return encode, decode
+
+
+def model_from_webui(sd_model, cmd_opts=None, autocast=nullcontext, image_size: int = 512) -> LdmModel:
+    """The core's model interface over the webui's loaded model; refuses what cannot be trained."""
+    check_supported(sd_model, cmd_opts)
+    unet = find_unet(sd_model)
+    unet_layout(unet)
+    check_storage(unet)
+    unet = clean_unet(unet, lora_backups(unet, sd_model))
+    encode, decode = image_functions(sd_model, autocast)
+    device = next(unet.parameters()).device
+    in_channels = int(getattr(unet, "in_channels", 4))
+    return LdmModel(unet=unet, alphas_cumprod=find_alphas(sd_model), text_fn=text_function(sd_model, autocast),
+                    encode_fn=encode, decode_fn=decode, latent_shape=(in_channels, image_size // 8, image_size // 8),
+                    device=device)
+
+
+# -- saving ---------------------------------------------------------------------------------------
+def sd1_fingerprint() -> str:
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):  # shapes only
+        return erasure_file.unet_fingerprint(UNet2DConditionModel(**SD1_DIFFUSERS_CONFIG))
+
+
+def unique_path(folder: Path, stem: str, suffix: str = ".safetensors") -> Path:
+    path, n = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}_{n}{suffix}"
+    return path
+
+
+def portable_file(result, unet: nn.Module, checkpoint_name: str | None = None,
+                  fingerprint: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The erasure's tensors with diffusers-path keys and metadata the webui's Lora list reads."""
+    state_dict = to_diffusers_keys(result.state_dict, unet)
+    meta = dict(result.metadata)
+    meta["modelspec.architecture"] = "stable-diffusion-v1/lora"
+    meta["ss_base_model_version"] = "sd_v1"
+    meta["modelspec.date"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if checkpoint_name:
+        meta["ss_sd_model_name"] = checkpoint_name
+    if fingerprint:
+        meta["concept_eraser.unet_fingerprint"] = fingerprint
+    else:
+        meta.pop("concept_eraser.unet_fingerprint", None)  # the ldm one would not match any diffusers UNet
+    return state_dict, meta
+
+
+def save_to_lora_dir(result, unet: nn.Module, lora_dir: Path, checkpoint_name: str | None = None,
+                     fingerprint: str | None = None) -> Path:
+    """Write the erasure into the webui's Lora folder (never overwriting) and return its path."""
+    lora_dir = Path(lora_dir)
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    state_dict, meta = portable_file(result, unet, checkpoint_name, fingerprint)
+    return erasure_file.save_erasure(unique_path(lora_dir, meta["ss_output_name"]), state_dict, meta)
+
+
+def merge_into_checkpoint(checkpoint: Path, ldm_state_dict: dict[str, torch.Tensor], unet: nn.Module,
+                          out_path: Path) -> Path:
+    """A copy of a .safetensors checkpoint with the erasure merged into its UNet (ldm keys)."""
+    from safetensors.torch import load_file, save_file
+
+    from ..safe_files import atomic_path, check_safetensors
+
+    check_safetensors(Path(checkpoint), "checkpoint")
+    weights = load_file(str(checkpoint))
+    for name, (dw, db) in erasure_file.module_deltas(ldm_state_dict, unet).items():
+        for key, delta in ((f"model.diffusion_model.{name}.weight", dw), (f"model.diffusion_model.{name}.bias", db)):
+            if delta is None:
+                continue
+            if key not in weights:
+                raise ErasureInputError("checkpoint", f"{Path(checkpoint).name} has no {key}",
+                                        "merge into the checkpoint the erasure was made from")
+            weights[key] = (weights[key].float() + delta.float().reshape(weights[key].shape)).to(weights[key].dtype)
+    with atomic_path(Path(out_path)) as tmp:
+        save_file(weights, str(tmp), metadata={"concept_eraser.merged_from": Path(checkpoint).name})
+    return Path(out_path)
+
+
+# -- the webui host --------------------------------------------------------------------------------
+def lora_folder(cmd_opts, models_path: str | Path) -> Path:
+    return Path(getattr(cmd_opts, "lora_dir", None) or Path(models_path) / "Lora")
+
+
+class WebuiSession:
+    """Holds the model of the current run, so that saving can name its layers. Inside the webui only."""
+
+    def __init__(self):
+        self.model: LdmModel | None = None
+
+    def load_model(self) -> LdmModel:
+        from modules import shared
+
+        try:  # the webui's autocast matches its fp16/bf16 setup
+            from modules.devices import autocast
+        except ImportError:
+            autocast = nullcontext
+        forge_unet = getattr(getattr(shared.sd_model, "forge_objects", None), "unet", None)
+        if forge_unet is not None:  # Forge 2 keeps models off the GPU until asked
+            try:
+                from backend import memory_management
+
+                memory_management.load_models_gpu([forge_unet])
+            except ImportError:
+                pass
+        self.model = model_from_webui(shared.sd_model, shared.cmd_opts, autocast)
+        return self.model
+
+    def publish(self, job) -> Path:
+        from modules import paths, shared
+
+        info = getattr(shared.sd_model, "sd_checkpoint_info", None)
+        name = getattr(info, "name_for_extra", None) or getattr(info, "name", None)
+        path = save_to_lora_dir(job.result, self.model.unet, lora_folder(shared.cmd_opts, paths.models_path), name,
+                                sd1_fingerprint())
+        try:
+            (job.report_path.parent / "lora_file.json").write_text(json.dumps({"lora": str(path)}))
+        except (AttributeError, OSError):
+            pass
+        return path
+
+
+def webui_host():
+    """The UI's Host inside the webui: its loaded model, its Lora folder, its Interrupt state."""
+    from modules import paths, shared
+
+    from ..ui_blocks import Host
+
+    session = WebuiSession()
+    intro = ("Erase a concept from the **currently loaded** Stable Diffusion 1.x checkpoint. The result is saved "
+             "into your Lora folder; use it like any LoRA, e.g. `<lora:erase_van-gogh_cg:1>`. The checkpoint file "
+             "itself is never changed.")
+    return Host(load_model=session.load_model, out_dir=Path(paths.data_path) / "outputs" / "concept_eraser",
+                publish=session.publish, should_cancel=lambda: bool(getattr(shared.state, "interrupted", False)),
+                title="Concept Eraser", intro=intro)

@@ -1,0 +1,104 @@
+"""An erasure end to end: measure before, erase, measure after, write the three result files.
+
+Used by the command line, the ComfyUI nodes and the Gradio tab alike. On the toy world the
+judge scores the result; on a user's own model the grid is the evidence.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import figures
+from .methods import METHODS
+from .methods.common import EraseConfig, ErasureResult
+from .safe_files import atomic_path
+from .sampling import sample_images
+
+GENERIC_PRESERVE = ["a photo of a dog", "a landscape painting", "a city street", "a bowl of fruit"]
+
+
+@dataclass
+class JobOutput:
+    result: ErasureResult
+    report: dict
+    erasure_path: Path | None
+    grid_path: Path | None
+    report_path: Path | None
+
+
+def write_json(path: Path, data: dict) -> Path:
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
+    return Path(path)
+
+
+def run_erasure(model, method: str, config: EraseConfig, out_dir: str | Path | None = None, judge=None,
+                progress=None, should_cancel=None, log=print) -> JobOutput:
+    """Erase with `method`; with `judge` (toy world) score before/after; write files into `out_dir`."""
+    erase = METHODS[method][1]
+    config.validate()
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    concept = config.concepts[0]
+    started = time.time()
+    report: dict = {"method": method, "concept": ", ".join(config.concepts),
+                    "alternative": ", ".join(a for a in config.alternatives if a) or None}
+
+    if judge is not None:
+        from .toyworld import evaluate as toy_eval
+
+        eval_sets = [toy_eval.make_eval_set(c) for c in config.concepts]
+        log(f"measuring the original model on {sum(len(e.concept_prompts) + len(e.other_prompts) for e in eval_sets)} "
+            "prompts")
+        befores = [toy_eval.generate(model, e) for e in eval_sets]
+        concept_imgs, other_imgs = befores[0].concept, befores[0].other
+    else:
+        concept_prompts = config.concept_prompts(concept)[:8]
+        other_prompts = (list(config.preserve_prompts) or GENERIC_PRESERVE)[:8]
+        concept_imgs = sample_images(model, concept_prompts, list(range(len(concept_prompts))))
+        other_imgs = sample_images(model, other_prompts, list(range(len(other_prompts))))
+
+    log(f"erasing {report['concept']!r} with {method} ({config.steps} steps)")
+    result = erase(model, config, progress=progress, should_cancel=should_cancel)
+    report.update(seconds=round(result.seconds, 1), steps=result.steps, final_loss=round(result.losses[-1], 5))
+
+    if judge is not None:
+        per_concept = {}
+        for eval_set, before, name, alt in zip(eval_sets, befores, config.concepts, config.alternatives):
+            after = toy_eval.generate(model, eval_set, unet=result.tuned_unet)
+            score_before = toy_eval.score(judge, eval_set, before, alternative=alt)
+            score_after = toy_eval.score(judge, eval_set, after, before=before, alternative=alt)
+            scores = {"divergence": score_after["divergence"]}
+            for key in ("erased_rate", "preserved_acc", "paraphrase_erased_rate", "alt_hit_rate"):
+                scores[f"{key}_before"], scores[f"{key}_after"] = score_before[key], score_after[key]
+            per_concept[name] = scores
+            if name == concept:
+                concept_after, other_after = after.concept, after.other
+        report.update(per_concept[concept])
+        if len(per_concept) > 1:
+            report["per_concept"] = per_concept
+        report["eval"] = {"concept_prompts": len(eval_sets[0].concept_prompts),
+                          "other_prompts": len(eval_sets[0].other_prompts),
+                          "paraphrase_prompts": len(eval_sets[0].paraphrase_prompts),
+                          "sampler": f"DDIM {toy_eval.EVAL_STEPS} steps, CFG {toy_eval.EVAL_GUIDANCE}"}
+    else:
+        concept_after = sample_images(model, concept_prompts, list(range(len(concept_prompts))), unet=result.tuned_unet)
+        other_after = sample_images(model, other_prompts, list(range(len(other_prompts))), unet=result.tuned_unet)
+        report["divergence"] = float((other_after - other_imgs).abs().mean())
+    report["total_seconds"] = round(time.time() - started, 1)
+
+    erasure_path = grid_path = report_path = None
+    if out_dir is not None:
+        name = result.metadata["ss_output_name"]
+        erasure_path = result.save(out_dir / f"{name}.safetensors")
+        grid_path = figures.comparison_grid(
+            out_dir / "comparison.png", figures.spread(concept_imgs, 8), figures.spread(concept_after, 8),
+            figures.spread(other_imgs, 8), figures.spread(other_after, 8), concept)
+        report["files"] = {"erasure": erasure_path.name, "grid": grid_path.name}
+        report_path = write_json(out_dir / "report.json", report)
+    return JobOutput(result, report, erasure_path, grid_path, report_path)

@@ -1,0 +1,109 @@
+"""Surgical classifier-guidance erasure ("All but One", Hong, Lee, Woo, AAAI 2024, arXiv 2312.12807).
+
+eps(x, c) = eps(x, ∅) + g(x, c), with g the implicit classifier-guidance term. The tuned
+model's guidance term for the concept is sent to the frozen model's guidance term for the
+alternative (or to zero), while its unconditional score is pinned where the frozen model had
+it, so the image prior and the layout of every other sample do not drift.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ErasureInputError
+from ..model import DiffusionModel
+from ..trainable import make_trainable
+from ..training import CancelFn, ProgressFn, optimise
+from .common import EraseConfig, ErasureResult, finish
+from .trajectories import frozen_predictions, sample_trajectories
+
+
+@dataclass
+class CGConfig(EraseConfig):
+    drift_weight: float = 1.0  # λ on L_uncond (chosen on the toy world; README "Choosing the defaults")
+    preserve_weight: float = 1.0  # optional distillation on preserve prompts, at their own trajectories
+    trajectories_per_prompt: int = 2
+    group: str = "cross_attn"  # "surgical": only the layers that read the text
+    lr: float = 1e-3
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.drift_weight >= 0:
+            raise ErasureInputError("drift weight (λ)", f"must be ≥ 0, got {self.drift_weight}", "use e.g. 1.0")
+
+
+def cg_loss(model: DiffusionModel, tuned, x_t, t, concept_ctx, uncond_ctx, target_guidance, frozen_uncond,
+            drift_weight: float) -> torch.Tensor:
+    """L = ||g_θ(x_t, c_e) − sg(g*(x_t, c_a))||² + λ ||eps_θ(x_t, ∅) − eps*(x_t, ∅)||².
+
+    g_θ(x_t, c_e) = eps_θ(x_t, c_e) − eps_θ(x_t, ∅), gradients through both branches;
+    target_guidance = g*(x_t, c_a) from the frozen model, or zeros when there is no alternative.
+    """
+    both = model.predict_noise(tuned, torch.cat([x_t, x_t]), torch.cat([t, t]),
+                               torch.cat([concept_ctx, uncond_ctx])).float()
+    eps_concept, eps_uncond = both.chunk(2)
+    erase = F.mse_loss(eps_concept - eps_uncond, target_guidance)
+    drift = F.mse_loss(eps_uncond, frozen_uncond)
+    return erase + drift_weight * drift
+
+
+def distill_loss(model: DiffusionModel, tuned, x_t, t, ctx, frozen_eps) -> torch.Tensor:
+    """Preservation: ||eps_θ(x_t, p) − eps*(x_t, p)||² on the frozen model's own trajectories of p."""
+    return F.mse_loss(model.predict_noise(tuned, x_t, t, ctx).float(), frozen_eps)
+
+
+def erase_cg(model: DiffusionModel, config: CGConfig, progress: ProgressFn | None = None,
+             should_cancel: CancelFn | None = None) -> ErasureResult:
+    """Run the classifier-guidance erasure; the model's own UNet is not modified."""
+    config.validate()
+    started = time.time()
+    gen = torch.Generator().manual_seed(config.seed)
+    # Concept prompts and, template by template, the same prompt with the alternative.
+    concept_prompts, alt_prompts = [], []
+    for concept, alt in zip(config.concepts, config.alternatives):
+        for template in config.templates_for(concept):
+            concept_prompts.append(template.format(concept))
+            alt_prompts.append(template.format(alt) if alt else None)
+
+    cache = sample_trajectories(model, concept_prompts, config.trajectories_per_prompt, config.seed,
+                                config.sample_steps, config.guidance)
+    concept_ctx = model.encode_text(concept_prompts)
+    uncond_ctx = model.encode_text([""])
+    frozen_uncond = frozen_predictions(model, cache, uncond_ctx.expand(len(concept_prompts), -1, -1))
+    target = torch.zeros_like(frozen_uncond)
+    has_alt = torch.tensor([a is not None for a in alt_prompts])
+    if has_alt.any():
+        alt_ctx = model.encode_text([a or "" for a in alt_prompts])
+        alt_eps = frozen_predictions(model, cache, alt_ctx)
+        use = has_alt[cache.prompt_index]
+        target[use] = (alt_eps - frozen_uncond)[use]
+
+    keep = keep_eps = keep_ctx = None
+    if config.preserve_prompts and config.preserve_weight > 0:
+        keep = sample_trajectories(model, list(config.preserve_prompts), 1, config.seed + 100_000,
+                                   config.sample_steps, config.guidance)
+        keep_ctx = model.encode_text(list(config.preserve_prompts))
+        keep_eps = frozen_predictions(model, keep, keep_ctx)
+
+    tuned, params = make_trainable(model.unet, config.group, config.rank)
+    tuned.train()
+    b = config.batch_size
+
+    def loss_fn(step: int) -> torch.Tensor:
+        i = cache.batch(b, gen)
+        t = cache.t[i].to(model.device)
+        ctx = concept_ctx[cache.prompt_index[i].to(concept_ctx.device)]
+        loss = cg_loss(model, tuned, cache.x_t[i], t, ctx, uncond_ctx.expand(b, -1, -1), target[i],
+                       frozen_uncond[i], config.drift_weight)
+        if keep is not None:
+            j = keep.batch(b, gen)
+            kctx = keep_ctx[keep.prompt_index[j].to(keep_ctx.device)]
+            loss = loss + config.preserve_weight * distill_loss(model, tuned, keep.x_t[j], keep.t[j].to(model.device),
+                                                                kctx, keep_eps[j])
+        return loss
+
+    losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel)
+    return finish("cg", config, model.unet, tuned, losses, started)

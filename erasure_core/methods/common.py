@@ -1,0 +1,116 @@
+"""What every erasure method shares: the request, its validation, and the result."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import erasure_file
+from ..errors import ErasureInputError
+from ..trainable import GROUPS, lora_layers, weight_deltas
+
+# Generic prompt templates for a concept in a real model; "{}" is the concept.
+DEFAULT_TEMPLATES = ("{}", "a photo of {}", "a painting of {}", "an image of {}", "a picture of {}, detailed")
+
+
+@dataclass
+class EraseConfig:
+    """Options common to every method. Method configs extend it."""
+
+    concepts: list[str]
+    alternatives: list[str | None] = field(default_factory=list)  # one per concept, None = no alternative
+    preserve_prompts: list[str] = field(default_factory=list)
+    # Prompt templates with "{}" for the concept: one list for all concepts, or {concept: list}.
+    templates: list[str] | dict[str, list[str]] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    steps: int = 200
+    lr: float = 1e-4
+    group: str = "cross_attn"
+    rank: int | None = None  # None: full weights of the group; r: LoRA of rank r
+    seed: int = 0
+    batch_size: int = 8
+    sample_steps: int = 25  # DDIM steps for the frozen model's own images/trajectories
+    guidance: float = 7.5  # SD1.x's usual CFG; the toy world uses 1.5 (toyworld.evaluate.toy_options)
+
+    def validate(self) -> None:
+        if isinstance(self.concepts, str):
+            self.concepts = [self.concepts]
+        self.concepts = [c.strip() if isinstance(c, str) else c for c in self.concepts]
+        if not self.concepts or any(not isinstance(c, str) or not c for c in self.concepts):
+            raise ErasureInputError("concept", "is empty", "type the concept to erase, e.g. 'circle'")
+        if not self.alternatives:
+            self.alternatives = [None] * len(self.concepts)
+        if len(self.alternatives) != len(self.concepts):
+            raise ErasureInputError("alternative", f"{len(self.alternatives)} alternatives for {len(self.concepts)} "
+                                    "concepts", "give one alternative per concept (or none at all)")
+        self.alternatives = [(a.strip() or None) if isinstance(a, str) else None for a in self.alternatives]
+        for concept, alt in zip(self.concepts, self.alternatives):
+            if alt is not None and alt.lower() == concept.lower():
+                raise ErasureInputError("alternative", f"is the concept itself ({alt!r})",
+                                        "name a different concept, or leave the alternative empty")
+        for concept in self.concepts:
+            templates = self.templates_for(concept)
+            if not templates or any("{}" not in t for t in templates):
+                raise ErasureInputError("templates", f"every prompt template for {concept!r} must contain {{}} where "
+                                        "the concept goes", "use templates such as 'a photo of {}'")
+        if self.group not in GROUPS:
+            raise ErasureInputError("parameter group", f"unknown group {self.group!r}", f"use one of {', '.join(GROUPS)}")
+        if self.rank is not None and (not isinstance(self.rank, int) or self.rank < 1):
+            raise ErasureInputError("rank", f"must be a whole number ≥ 1, got {self.rank!r}",
+                                    "use e.g. 4, or leave it empty to train full weights")
+        if self.batch_size < 1:
+            raise ErasureInputError("batch size", f"must be at least 1, got {self.batch_size}", "use e.g. 8")
+
+    def templates_for(self, concept: str) -> list[str]:
+        if isinstance(self.templates, dict):
+            return list(self.templates.get(concept, DEFAULT_TEMPLATES))
+        return list(self.templates)
+
+    def concept_prompts(self, concept: str) -> list[str]:
+        return [t.format(concept) for t in self.templates_for(concept)]
+
+
+@dataclass
+class ErasureResult:
+    """A finished erasure: the tuned UNet (to use at once) and the weight delta (to save)."""
+
+    method: str
+    config: EraseConfig
+    tuned_unet: nn.Module
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    losses: list[float]
+    seconds: float
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+    def save(self, path: str | Path) -> Path:
+        return erasure_file.save_erasure(path, self.state_dict, self.metadata)
+
+
+def finish(method: str, config: EraseConfig, original: nn.Module, tuned: nn.Module, losses: list[float],
+           started: float) -> ErasureResult:
+    """Package a trained copy as a result: kohya tensors for LoRA or full deltas, and metadata."""
+    tuned.eval().requires_grad_(False)
+    if config.rank is None:
+        sd = erasure_file.to_state_dict(weight_deltas=weight_deltas(original, tuned, config.group))
+    else:
+        sd = erasure_file.to_state_dict(lora_layers=list(lora_layers(tuned)))
+    info = {"method": method, "steps": len(losses), **{k: v for k, v in asdict(config).items() if k not in ("templates", "concept_images")},
+            "name": f"erase_{'_'.join(c.replace(' ', '-') for c in config.concepts)}_{method}"}
+    metadata = erasure_file.build_metadata(original, info)
+    return ErasureResult(method, config, tuned, sd, metadata, losses, time.time() - started)
+
+
+def random_timesteps(batch: int, generator: torch.Generator, device, low: int = 0, high: int = 1000) -> torch.Tensor:
+    return torch.randint(low, high, (batch,), generator=generator).to(device)
+
+
+def add_noise(alphas_cumprod: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(ᾱ_t) z0 + sqrt(1 - ᾱ_t) ε (the DDPM forward process)."""
+    a = alphas_cumprod.to(z0.device)[t.cpu()].to(z0.device).view(-1, 1, 1, 1)
+    return a.sqrt() * z0 + (1 - a).sqrt() * noise

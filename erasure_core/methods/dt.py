@@ -1,0 +1,118 @@
+"""Degeneration-Tuning with a Scrambled Grid (Ni et al., ACM MM 2023, arXiv 2308.02552).
+
+Keep the concept's text, break its image: the model is tuned so the concept's prompt denoises
+towards scrambled-grid versions of the concept's own images (meaningless texture with the
+concept's local statistics), while prompts to preserve keep the frozen model's predictions.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ErasureInputError
+from ..model import DiffusionModel
+from ..sampling import sample_images
+from ..scrambled_grid import scramble_grid
+from ..trainable import make_trainable
+from ..training import CancelFn, ProgressFn, optimise
+from .common import EraseConfig, ErasureResult, add_noise, finish, random_timesteps
+
+
+@dataclass
+class DTConfig(EraseConfig):
+    grid: int = 4  # g x g patches; larger g destroys more structure (paper §3.2)
+    images_per_prompt: int = 4  # frozen-model images per concept prompt (when none are supplied)
+    concept_images: torch.Tensor | None = None  # (N, 3, H, W) in [0, 1]: the user's own concept images
+    preserve_weight: float = 1.0  # weight of the preservation term against the degeneration term
+    preserve_images_per_prompt: int = 2
+    group: str = "all"  # the paper tunes the UNet as a whole
+    lr: float = 3e-4
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.grid, int) or self.grid < 2:
+            raise ErasureInputError("grid size", f"must be a whole number ≥ 2, got {self.grid!r}", "use e.g. 4")
+        if self.preserve_weight < 0:
+            raise ErasureInputError("preserve weight", f"must be ≥ 0, got {self.preserve_weight}", "use e.g. 1.0")
+
+
+def degeneration_loss(model: DiffusionModel, tuned, z0_scrambled, context, noise, t) -> torch.Tensor:
+    """L_deg = ||eps_θ(x_t(scrambled), t, c_e) − ε||²: plain denoising on scrambled concept latents."""
+    x_t = add_noise(model.alphas_cumprod, z0_scrambled, noise, t)
+    return F.mse_loss(model.predict_noise(tuned, x_t, t, context).float(), noise)
+
+
+def preservation_loss(model: DiffusionModel, tuned, z0, context, noise, t) -> torch.Tensor:
+    """||eps_θ(x_t, t, p) − eps*(x_t, t, p)||²: distillation to the frozen model on its own images of P."""
+    x_t = add_noise(model.alphas_cumprod, z0, noise, t)
+    with torch.no_grad():
+        target = model.predict_noise(model.unet, x_t, t, context).float()
+    return F.mse_loss(model.predict_noise(tuned, x_t, t, context).float(), target)
+
+
+def check_images(images: torch.Tensor, grid: int) -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ErasureInputError("images", f"expected RGB images as one (N, 3, H, W) batch, got {shape}",
+                                "give RGB images of one size (convert RGBA/greyscale to RGB)")
+    if images.shape[0] == 0:
+        raise ErasureInputError("images", "no images were given", "give at least one image of the concept")
+    if grid > min(images.shape[2:]):
+        raise ErasureInputError("grid size", f"{grid} is larger than the image side ({min(images.shape[2:])} px)",
+                                "use a grid size no larger than the image side, e.g. 4")
+
+
+def frozen_images(model: DiffusionModel, prompts: list[str], per_prompt: int, seed: int, config: EraseConfig):
+    """The frozen model's own images of `prompts` (`per_prompt` seeds each) and their prompt list."""
+    expanded = [p for p in prompts for _ in range(per_prompt)]
+    seeds = [seed + i for i in range(len(expanded))]
+    images = sample_images(model, expanded, seeds, steps=config.sample_steps, guidance=config.guidance)
+    return images, expanded
+
+
+def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | None = None,
+             should_cancel: CancelFn | None = None) -> ErasureResult:
+    """Run Degeneration-Tuning; the model's own UNet is not modified."""
+    config.validate()
+    started = time.time()
+    gen = torch.Generator().manual_seed(config.seed)
+    concept_prompts = [p for c in config.concepts for p in config.concept_prompts(c)]
+    if config.concept_images is not None:
+        images = config.concept_images.float()
+        prompts = [concept_prompts[i % len(concept_prompts)] for i in range(len(images))]
+    else:
+        images, prompts = frozen_images(model, concept_prompts, config.images_per_prompt, config.seed, config)
+    check_images(images, config.grid)
+    concept_context = model.encode_text(prompts)
+
+    preserve = list(dict.fromkeys(list(config.preserve_prompts) + [""]))  # the empty prompt always: CFG needs it
+    keep_images, keep_prompts = frozen_images(model, preserve, config.preserve_images_per_prompt,
+                                              config.seed + 100_000, config)
+    keep_latents = model.encode_images(keep_images)
+    keep_context = model.encode_text(keep_prompts)
+
+    tuned, params = make_trainable(model.unet, config.group, config.rank)
+    tuned.train()
+    b = config.batch_size
+
+    def loss_fn(step: int) -> torch.Tensor:
+        idx = torch.randint(len(images), (b,), generator=gen)
+        scrambled = scramble_grid(images[idx], config.grid, gen)  # a fresh permutation every time
+        z0 = model.encode_images(scrambled)
+        noise = torch.randn(z0.shape, generator=gen).to(z0)
+        t = random_timesteps(b, gen, z0.device)
+        loss = degeneration_loss(model, tuned, z0, concept_context[idx.to(concept_context.device)], noise, t)
+        if config.preserve_weight > 0:
+            j = torch.randint(len(keep_latents), (b,), generator=gen)
+            z0p = keep_latents[j.to(keep_latents.device)]
+            noise_p = torch.randn(z0p.shape, generator=gen).to(z0p)
+            tp = random_timesteps(b, gen, z0p.device)
+            loss = loss + config.preserve_weight * preservation_loss(
+                model, tuned, z0p, keep_context[j.to(keep_context.device)], noise_p, tp)
+        return loss
+
+    losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel)
+    return finish("dt", config, model.unet, tuned, losses, started)

@@ -1,0 +1,59 @@
+"""ESD, the baseline (Gandikota et al., ICCV 2023): negative guidance as the target.
+
+target = eps*(x_t, ∅) − η [eps*(x_t, c_e) − eps*(x_t, ∅)];  L = ||eps_θ(x_t, c_e) − target||².
+ESD-x tunes cross-attention (group "cross_attn"), ESD-u everything else ("no_cross_attn").
+Its unconditional score is left free to drift: the flaw the classifier-guidance method fixes.
+x_t come from the frozen model's cached trajectories (the original re-samples them with the
+model being trained at every step; caching is the diffusers port's speed-up taken further).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..model import DiffusionModel
+from ..trainable import make_trainable
+from ..training import CancelFn, ProgressFn, optimise
+from .common import EraseConfig, ErasureResult, finish
+from .trajectories import frozen_predictions, sample_trajectories
+
+
+@dataclass
+class ESDConfig(EraseConfig):
+    eta: float = 1.0  # negative-guidance strength (original code: 1.0)
+    trajectories_per_prompt: int = 2
+    group: str = "cross_attn"  # ESD-x
+    lr: float = 1e-4
+
+
+def esd_loss(model: DiffusionModel, tuned, x_t, t, concept_ctx, target) -> torch.Tensor:
+    """||eps_θ(x_t, c_e) − (eps*(x_t, ∅) − η (eps*(x_t, c_e) − eps*(x_t, ∅)))||²."""
+    return F.mse_loss(model.predict_noise(tuned, x_t, t, concept_ctx).float(), target)
+
+
+def erase_esd(model: DiffusionModel, config: ESDConfig, progress: ProgressFn | None = None,
+              should_cancel: CancelFn | None = None) -> ErasureResult:
+    config.validate()
+    started = time.time()
+    gen = torch.Generator().manual_seed(config.seed)
+    prompts = [p for c in config.concepts for p in config.concept_prompts(c)]
+    cache = sample_trajectories(model, prompts, config.trajectories_per_prompt, config.seed, config.sample_steps,
+                                config.guidance)
+    concept_ctx = model.encode_text(prompts)
+    eps_concept = frozen_predictions(model, cache, concept_ctx)
+    eps_uncond = frozen_predictions(model, cache, model.encode_text([""]).expand(len(prompts), -1, -1))
+    target = eps_uncond - config.eta * (eps_concept - eps_uncond)
+
+    tuned, params = make_trainable(model.unet, config.group, config.rank)
+    tuned.train()
+
+    def loss_fn(step: int) -> torch.Tensor:
+        i = cache.batch(config.batch_size, gen)
+        ctx = concept_ctx[cache.prompt_index[i].to(concept_ctx.device)]
+        return esd_loss(model, tuned, cache.x_t[i], cache.t[i].to(model.device), ctx, target[i])
+
+    losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel)
+    return finish("esd", config, model.unet, tuned, losses, started)

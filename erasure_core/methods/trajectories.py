@@ -1,0 +1,61 @@
+"""Frozen-model trajectories, sampled once per run and reused at every training step.
+
+ESD re-samples a partial DDIM trajectory at every step; the x_t it needs do not change while
+the frozen model is fixed, so we sample them once (every DDIM step of a few trajectories per
+prompt) and cache the frozen predictions each method needs at those points.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..model import DiffusionModel
+from ..sampling import sample_latents
+
+
+@dataclass
+class TrajectoryCache:
+    x_t: torch.Tensor  # (M, C, H, W) latents visited by the frozen model
+    t: torch.Tensor  # (M,) their DDPM timesteps
+    prompt_index: torch.Tensor  # (M,) which prompt each point's trajectory was sampled for
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def batch(self, size: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(len(self), (size,), generator=generator)
+
+
+@torch.no_grad()
+def sample_trajectories(model: DiffusionModel, prompts: list[str], per_prompt: int, seed: int, steps: int,
+                        guidance: float) -> TrajectoryCache:
+    """Every intermediate x_t of `per_prompt` DDIM trajectories of the frozen model per prompt."""
+    expanded = [p for p in prompts for _ in range(per_prompt)]
+    index = torch.tensor([i for i in range(len(prompts)) for _ in range(per_prompt)])
+    xs, ts, idx = [], [], []
+
+    def keep(step: int, t: torch.Tensor, x: torch.Tensor) -> None:  # called at every DDIM step
+        xs.append(x.detach().clone())
+        ts.append(torch.full((len(x),), int(t)))
+
+    batch = 32
+    for start in range(0, len(expanded), batch):
+        chunk = expanded[start:start + batch]
+        before = len(xs)
+        sample_latents(model, chunk, [seed + start + i for i in range(len(chunk))], steps=steps, guidance=guidance,
+                       trajectory_hook=keep)
+        idx.extend([index[start:start + len(chunk)]] * (len(xs) - before))
+    return TrajectoryCache(torch.cat(xs), torch.cat(ts), torch.cat(idx))
+
+
+@torch.no_grad()
+def frozen_predictions(model: DiffusionModel, cache: TrajectoryCache, contexts: torch.Tensor,
+                       batch: int = 64) -> torch.Tensor:
+    """eps*(x_t, t, c) at every cached point, with c = contexts[prompt_index] (one row per prompt)."""
+    out = []
+    for s in range(0, len(cache), batch):
+        x = cache.x_t[s:s + batch]
+        ctx = contexts[cache.prompt_index[s:s + batch].to(contexts.device)]
+        out.append(model.predict_noise(model.unet, x, cache.t[s:s + batch].to(x.device), ctx).float())
+    return torch.cat(out)

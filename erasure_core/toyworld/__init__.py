@@ -1,0 +1,7 @@
+"""The toy world: a small trained text-to-image model and a judge, shipped for measuring erasure."""
+from pathlib import Path
+
+ASSETS = Path(__file__).parent / "assets"
+MODEL_DIR = ASSETS / "model"
+JUDGE_PATH = ASSETS / "judge.safetensors"
+BUILD_INFO = ASSETS / "build_info.json"

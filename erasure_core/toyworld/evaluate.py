@@ -1,0 +1,162 @@
+"""Measuring the toy model and erasures on it with the judge (methods.md, "How quality is judged").
+
+One fixed prompt/seed set per concept; every method is scored on the same images' prompts,
+seeds and judge:
+- erased_rate: share of concept prompts whose image the judge still reads as the concept
+- preserved_acc: share of prompts without the concept whose shape, colour and style all read right
+- divergence: mean per-pixel |after - before| (0..1) of same-seed images of prompts without the concept
+- alt_hit_rate: share of concept prompts whose image reads as the alternative
+- paraphrase_erased_rate: erased_rate on other wordings of the concept the toy model knows
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import ErasureInputError
+from ..sampling import sample_images
+from .world import COLORS, SHAPES, STYLES, Scene, all_scenes, canonical_prompt
+
+TABLES = {"shape": SHAPES, "style": STYLES, "color": COLORS}
+# The toy model's sampler: DDIM 25 steps, CFG 1.5. Chosen by `toyworld-eval` accuracy over CFG 1.0-3.0 and
+# 25/50 steps (README "The toy world"); higher guidance over-saturates and confuses colours.
+EVAL_GUIDANCE = 1.5
+EVAL_STEPS = 25
+
+
+def parse_concept(text: str) -> tuple[str, str]:
+    """'disc' -> ('shape', 'circle'): which attribute a toy-world word names, and its canonical name."""
+    word = text.strip().lower()
+    for attribute, table in TABLES.items():
+        for name, wordings in table.items():
+            if word in wordings:
+                return attribute, name
+    known = sorted(w for table in TABLES.values() for ws in table.values() for w in ws)
+    raise ErasureInputError("concept", f"{text!r} is not something the toy world knows",
+                            f"use one of: {', '.join(known)}")
+
+
+def _scene_prompt(scene: Scene, attribute: str, word: str | None = None) -> str:
+    return canonical_prompt(scene, shape_word=word if attribute == "shape" else None,
+                            style_word=word if attribute == "style" else None)
+
+
+def concept_templates(concept: str) -> list[str]:
+    """Training prompt templates ("{}" = the concept) covering every other attribute combination."""
+    attribute, _ = parse_concept(concept)
+    if attribute == "shape":
+        return [f"a {COLORS[c][0]} {STYLES[s][0]} {{}}" for c in COLORS for s in STYLES]
+    if attribute == "style":
+        return [f"a {COLORS[c][0]} {{}} {SHAPES[s][0]}" for c in COLORS for s in SHAPES]
+    return [f"a {{}} {STYLES[s][0]} {SHAPES[sh][0]}" for s in STYLES for sh in SHAPES]
+
+
+def toy_options(concepts: list[str]) -> dict:
+    """EraseConfig options for the toy world: its own prompts for each concept and its sampler."""
+    return {"templates": {c: concept_templates(c) for c in concepts}, "preserve_prompts": preserve_prompts(concepts),
+            "guidance": EVAL_GUIDANCE, "sample_steps": EVAL_STEPS}
+
+
+def preserve_prompts(concepts: list[str]) -> list[str]:
+    """Prompts of every scene that shows none of `concepts`."""
+    parsed = [parse_concept(c) for c in concepts]
+    return [canonical_prompt(s) for s in all_scenes() if not any(getattr(s, a) == n for a, n in parsed)]
+
+
+@dataclass
+class EvalSet:
+    """Fixed prompts and seeds for judging an erasure of one toy-world concept."""
+
+    attribute: str
+    concept: str  # canonical name
+    concept_scenes: list[Scene]
+    concept_prompts: list[str]
+    concept_seeds: list[int]
+    other_scenes: list[Scene]
+    other_prompts: list[str]
+    other_seeds: list[int]
+    paraphrase_prompts: list[str] = field(default_factory=list)
+    paraphrase_seeds: list[int] = field(default_factory=list)
+
+
+def make_eval_set(concept: str, seeds_per_prompt: int = 2, seed: int = 1000) -> EvalSet:
+    attribute, name = parse_concept(concept)
+    scenes = all_scenes()
+    inside = [s for s in scenes if getattr(s, attribute) == name]
+    outside = [s for s in scenes if getattr(s, attribute) != name]
+
+    def expand(items):
+        return [x for x in items for _ in range(seeds_per_prompt)]
+
+    concept_scenes, other_scenes = expand(inside), expand(outside)
+    paraphrases = TABLES[attribute][name][1:]
+    para = [_scene_prompt(s, attribute, w) for w in paraphrases for s in inside]
+    return EvalSet(
+        attribute=attribute, concept=name,
+        concept_scenes=concept_scenes, concept_prompts=[canonical_prompt(s) for s in concept_scenes],
+        concept_seeds=[seed + i for i in range(len(concept_scenes))],
+        other_scenes=other_scenes, other_prompts=[canonical_prompt(s) for s in other_scenes],
+        other_seeds=[seed + 10_000 + i for i in range(len(other_scenes))],
+        paraphrase_prompts=para, paraphrase_seeds=[seed + 20_000 + i for i in range(len(para))],
+    )
+
+
+@dataclass
+class EvalImages:
+    concept: torch.Tensor
+    other: torch.Tensor
+    paraphrase: torch.Tensor
+
+
+def generate(model, eval_set: EvalSet, unet=None, negative_prompt: str = "", paraphrases: bool = True) -> EvalImages:
+    kw = dict(unet=unet, steps=EVAL_STEPS, guidance=EVAL_GUIDANCE, negative_prompt=negative_prompt)
+    concept = sample_images(model, eval_set.concept_prompts, eval_set.concept_seeds, **kw)
+    other = sample_images(model, eval_set.other_prompts, eval_set.other_seeds, **kw)
+    para = (sample_images(model, eval_set.paraphrase_prompts, eval_set.paraphrase_seeds, **kw)
+            if paraphrases and eval_set.paraphrase_prompts else torch.empty(0))
+    return EvalImages(concept, other, para)
+
+
+def score(judge, eval_set: EvalSet, images: EvalImages, before: EvalImages | None = None,
+          alternative: str | None = None) -> dict[str, float | None]:
+    attr = eval_set.attribute
+    seen = judge.predict(images.concept)[attr]
+    other = judge.predict(images.other)
+    correct = [other["shape"][i] == s.shape and other["color"][i] == s.color and other["style"][i] == s.style
+               for i, s in enumerate(eval_set.other_scenes)]
+    result: dict[str, float | None] = {
+        "erased_rate": float(np.mean([p == eval_set.concept for p in seen])),
+        "preserved_acc": float(np.mean(correct)),
+        "divergence": None,
+        "alt_hit_rate": None,
+        "paraphrase_erased_rate": None,
+    }
+    if before is not None:
+        result["divergence"] = float((images.other - before.other).abs().mean())
+    if alternative:
+        alt_attr, alt_name = parse_concept(alternative)
+        alt_seen = judge.predict(images.concept)[alt_attr]
+        result["alt_hit_rate"] = float(np.mean([p == alt_name for p in alt_seen]))
+    if images.paraphrase.numel():
+        para_seen = judge.predict(images.paraphrase)[attr]
+        result["paraphrase_erased_rate"] = float(np.mean([p == eval_set.concept for p in para_seen]))
+    return result
+
+
+def generation_accuracy(model, judge, seeds_per_scene: int = 4, seed: int = 5000, unet=None) -> dict:
+    """The toy model's own generations judged per attribute over every scene (canonical prompts)."""
+    scenes = [s for s in all_scenes() for _ in range(seeds_per_scene)]
+    prompts = [canonical_prompt(s) for s in scenes]
+    seeds = [seed + i for i in range(len(scenes))]
+    images = sample_images(model, prompts, seeds, unet=unet, steps=EVAL_STEPS, guidance=EVAL_GUIDANCE)
+    pred = judge.predict(images)
+    return {
+        "gen_shape_acc": float(np.mean([p == s.shape for p, s in zip(pred["shape"], scenes)])),
+        "gen_color_acc": float(np.mean([p == s.color for p, s in zip(pred["color"], scenes)])),
+        "gen_style_acc": float(np.mean([p == s.style for p, s in zip(pred["style"], scenes)])),
+        "samples": len(scenes),
+        "images": images,
+        "prompts": prompts,
+    }

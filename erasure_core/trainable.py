@@ -1,0 +1,99 @@
+"""Which UNet weights an erasure may change, and the trainable copy that holds the change.
+
+Parameter groups follow the erasure literature (names match both diffusers and ldm UNets):
+- cross_attn:     the layers that read the text, `attn2.{to_q,to_k,to_v,to_out}` (ESD-x; the
+                  classifier-guidance method's "surgical" default)
+- cross_attn_kv:  only `attn2.to_k/to_v` (ESD-x-strict)
+- no_cross_attn:  everything but cross-attention, time embedding and output layers (ESD-u)
+- all:            every Linear/Conv2d of the UNet
+The original UNet is never touched: training happens on a deep copy, full weights or LoRA
+adapters (peft) on the chosen modules.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .errors import ErasureInputError
+
+GROUPS = ("cross_attn", "cross_attn_kv", "no_cross_attn", "all")
+
+
+def _is_cross_attn(name: str) -> bool:
+    return ".attn2." in f".{name}."
+
+
+def _in_group(name: str, group: str) -> bool:
+    if group == "all":
+        return True
+    if group == "cross_attn":
+        return _is_cross_attn(name)
+    if group == "cross_attn_kv":
+        return _is_cross_attn(name) and (name.endswith("to_k") or name.endswith("to_v"))
+    if group == "no_cross_attn":
+        time_embedding = name.startswith(("time_embedding", "time_embed"))
+        output = name in ("conv_out", "conv_norm_out") or name.startswith("out.")
+        return not (_is_cross_attn(name) or time_embedding or output)
+    raise ErasureInputError("parameter group", f"unknown group {group!r}", f"use one of {', '.join(GROUPS)}")
+
+
+def select_modules(unet: nn.Module, group: str) -> list[tuple[str, nn.Module]]:
+    """The Linear/Conv2d modules of `unet` in `group`, by their dotted names."""
+    chosen = [(n, m) for n, m in unet.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and _in_group(n, group)]
+    if not chosen:
+        raise ErasureInputError("parameter group", f"group {group!r} selects no layer of this UNet",
+                                f"pick another group ({', '.join(GROUPS)})")
+    return chosen
+
+
+def make_trainable(unet: nn.Module, group: str, rank: int | None = None) -> tuple[nn.Module, list[nn.Parameter]]:
+    """A trainable deep copy of `unet` and its trainable parameters (fp32 masters).
+
+    rank=None trains the chosen weights themselves (a full delta); rank=r adds LoRA adapters
+    of rank r (peft) to the chosen modules and trains only those.
+    """
+    names = [n for n, _ in select_modules(unet, group)]
+    tuned = copy.deepcopy(unet).requires_grad_(False)
+    if rank is None:
+        params = []
+        for name in names:
+            module = tuned.get_submodule(name).float()
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(True)
+                params.append(p)
+        return tuned, params
+    if rank < 1:
+        raise ErasureInputError("rank", f"LoRA rank must be at least 1, got {rank}", "use a rank such as 4 or 8, or "
+                                "leave it empty for full weights")
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=names, init_lora_weights=True)
+    tuned = inject_adapter_in_model(config, tuned)
+    params = [p for n, p in tuned.named_parameters() if "lora_" in n]
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return tuned, params
+
+
+def lora_layers(tuned: nn.Module):
+    """(name, down, up, alpha) for each peft LoRA layer of a tuned UNet."""
+    for name, module in tuned.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            yield (name, module.lora_A["default"].weight, module.lora_B["default"].weight,
+                   float(module.lora_alpha["default"]))
+
+
+def weight_deltas(original: nn.Module, tuned: nn.Module, group: str) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """For a full-weight erasure: {module name: (weight delta, bias delta or None)}."""
+    deltas = {}
+    for name, module in select_modules(original, group):
+        changed = tuned.get_submodule(name)
+        dw = (changed.weight.detach().float() - module.weight.detach().float()).cpu()
+        db = None
+        if module.bias is not None:
+            db = (changed.bias.detach().float() - module.bias.detach().float()).cpu()
+        deltas[name] = (dw, db)
+    return deltas

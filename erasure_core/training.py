@@ -1,0 +1,66 @@
+"""The optimisation loop every method shares: AdamW, progress, cancel, divergence guard.
+
+A method supplies `loss_fn(step) -> scalar`; the loop owns everything else so that progress
+bars, cancel buttons and failure handling behave the same in every host.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+
+from .errors import ErasureCancelled, ErasureInputError, ErasureOutOfMemory, NonFiniteLoss
+
+ProgressFn = Callable[[int, int, float], None]  # (step done, total steps, loss)
+CancelFn = Callable[[], bool]
+
+
+def check_schedule(steps: int, lr: float) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise ErasureInputError("steps", f"must be a whole number of at least 1, got {steps!r}", "use e.g. 200")
+    if not (isinstance(lr, (int, float)) and lr == lr and 0 < lr <= 0.1):
+        raise ErasureInputError("learning rate", f"must be a number in (0, 0.1], got {lr!r}",
+                                "use e.g. 1e-4 (full weights) or 1e-3 (LoRA)")
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA (fp32 master weights stay in the optimiser); plain fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def optimise(params: list[torch.nn.Parameter], loss_fn: Callable[[int], torch.Tensor], steps: int, lr: float,
+             device: torch.device, progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
+             grad_clip: float = 1.0) -> list[float]:
+    """Run `steps` AdamW steps on `params`; returns the loss of every step.
+
+    Raises ErasureCancelled when `should_cancel()` turns true (checked before every step) and
+    NonFiniteLoss when the loss is NaN/inf; the caller discards its trainable copy either way.
+    """
+    check_schedule(steps, lr)
+    fused = device.type == "cuda"
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused, foreach=not fused)
+    losses: list[float] = []
+    for step in range(steps):
+        if should_cancel is not None and should_cancel():
+            raise ErasureCancelled(f"cancelled at step {step} of {steps}; nothing was changed or written")
+        try:
+            with autocast_for(device):
+                loss = loss_fn(step)
+            value = float(loss.detach())
+            if value != value or value in (float("inf"), float("-inf")):
+                raise NonFiniteLoss(f"the loss became {value} at step {step + 1}; the input model is untouched. "
+                                    "Fix: lower the learning rate (e.g. divide it by 10)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        except torch.OutOfMemoryError:
+            raise ErasureOutOfMemory(f"training (step {step + 1})") from None
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        losses.append(value)
+        if progress is not None:
+            progress(step + 1, steps, value)
+    return losses

@@ -1,0 +1,388 @@
+"""The Concept Eraser UI: one Gradio Blocks builder for the webui tab and the standalone app.
+
+The logic lives in plain functions and the `EraseRunner` class, testable without a browser;
+`build_blocks` only lays out widgets and wires them to those. torch and the core's heavy
+modules are imported inside the callbacks, so building the Blocks needs nothing but gradio
+(the multi-version build check relies on that). Written for gradio 3.41.2 (A1111, reForge),
+4.40.0 (Forge) and the current release: `gr.update(...)` only, no `gr.Box`, no `.style()`.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import ErasureCancelled, ErasureError, ErasureInputError, NonFiniteLoss
+
+# Kept here (not imported from the core) so that building the UI does not import torch;
+# tests check they match erasure_core.trainable.GROUPS and the methods' config defaults.
+GROUPS = ("cross_attn", "cross_attn_kv", "no_cross_attn", "all")
+METHOD_DEFAULTS = {
+    "dt": {"lr": 3e-4, "group": "all", "steps": 200},
+    "cg": {"lr": 1e-3, "group": "cross_attn", "steps": 200},
+    "esd": {"lr": 1e-4, "group": "cross_attn", "steps": 200},
+}
+METHOD_HELP = (
+    "**dt**: Degeneration-Tuning (the concept's prompt draws meaningless texture) · "
+    "**cg**: classifier-guidance erasure, surgical, can turn the concept into an alternative · "
+    "**esd**: ESD, the baseline"
+)
+GALLERY_CONCEPT_PROMPTS = 4  # how many prompts with the concept the before/after gallery shows
+GALLERY_OTHER_PROMPTS = 2  # and how many without it
+DISPLAY_MIN_SIDE = 128  # small images (the toy world's are 32 px) are enlarged for display
+
+
+@dataclass
+class Host:
+    """What the UI needs from where it runs: the standalone app or the webui.
+
+    `load_model()` returns the model to erase from (a `DiffusionModel`); `out_dir` receives one
+    folder per run; `publish(job_output)` may move the erasure file where the host wants it
+    (the webui's Lora folder) and returns its final path; `should_cancel()` adds a host's own
+    interrupt (the webui's) to the Cancel button.
+    """
+
+    load_model: Callable[[], object]
+    out_dir: Path
+    toy: bool = False  # the toy world: use its own prompts, and its judge if `judge_path` is set
+    judge_path: Path | None = None
+    publish: Callable[[object], Path] | None = None
+    should_cancel: Callable[[], bool] = lambda: False
+    title: str = "Concept Eraser"
+    intro: str = ""
+    log: Callable[[str], None] = print
+
+
+# ---------------------------------------------------------------- parsing the form
+
+
+def split_list(text: str | None) -> list[str]:
+    """'a, b\\nc' -> ['a', 'b', 'c']: comma- or newline-separated entries, blanks dropped."""
+    return [part.strip() for part in re.split(r"[,\n]", text or "") if part.strip()]
+
+
+def split_lines(text: str | None) -> list[str]:
+    """Prompts one per line (prompts may contain commas)."""
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+def whole_number(field_name: str, value, minimum: int, fix: str) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ErasureInputError(field_name, f"{value!r} is not a number", fix) from None
+    if number != int(number) or number < minimum:
+        raise ErasureInputError(field_name, f"must be a whole number ≥ {minimum}, got {value!r}", fix)
+    return int(number)
+
+
+def method_defaults(method: str) -> dict:
+    if method not in METHOD_DEFAULTS:
+        raise ErasureInputError("method", f"unknown method {method!r}", f"choose one of {', '.join(METHOD_DEFAULTS)}")
+    return METHOD_DEFAULTS[method]
+
+
+def toy_options(method: str, concepts: list[str], preserve: list[str]) -> dict:
+    """On the toy world, train on every prompt the concept appears in (as the command line does)."""
+    from .toyworld import evaluate as toy_eval
+
+    kinds = {toy_eval.parse_concept(c)[0] for c in concepts}  # raises a clear error for unknown words
+    if len(kinds) > 1:
+        raise ErasureInputError("concept", f"the toy world erases concepts of one kind at a time, got {sorted(kinds)}",
+                                "erase shapes, colours and styles in separate runs")
+    options = toy_eval.toy_options(concepts)
+    if preserve:
+        options["preserve_prompts"] = preserve
+    if method == "dt":
+        from .__main__ import demo_dt_options
+
+        demo = demo_dt_options(concepts[0])
+        options.update({k: demo[k] for k in ("batch_size", "images_per_prompt", "preserve_images_per_prompt", "grid")})
+    return options
+
+
+def build_config(method, concepts_text, alternative_text, preserve_text, steps, lr, group, rank, seed, toy=False):
+    """The method's config from the form's raw values; ErasureInputError names the field at fault."""
+    from .methods import METHODS
+
+    method_defaults(method)
+    concepts = split_list(concepts_text)
+    if not concepts:
+        raise ErasureInputError("concept", "is empty", "type the concept to erase, e.g. 'circle'")
+    alternatives = split_list(alternative_text)
+    if len(alternatives) == 1 and len(concepts) > 1:
+        alternatives = alternatives * len(concepts)  # one alternative for every concept
+    try:
+        lr = float(lr)
+    except (TypeError, ValueError):
+        raise ErasureInputError("learning rate", f"{lr!r} is not a number", "use e.g. 1e-4") from None
+    options = dict(concepts=concepts, alternatives=alternatives, preserve_prompts=split_lines(preserve_text),
+                   steps=whole_number("steps", steps, 1, "use e.g. 200"), lr=lr, group=group,
+                   rank=whole_number("LoRA rank", rank or 0, 0, "use 0 for full weights, or e.g. 4") or None,
+                   seed=whole_number("seed", seed if seed not in (None, "") else 0, 0, "use e.g. 0"))
+    if toy:
+        options.update(toy_options(method, concepts, options["preserve_prompts"]))
+    config = METHODS[method][0](**options)
+    config.validate()
+    return config
+
+
+def gallery_prompts(config, toy: bool) -> tuple[list[str], int]:
+    """Prompts for the before/after gallery (a spread of the concept's, then some without it).
+
+    Returns the prompts and how many of them show the concept.
+    """
+    from .jobs import GENERIC_PRESERVE
+
+    others = list(config.preserve_prompts) or GENERIC_PRESERVE
+    step = max(1, len(others) // GALLERY_OTHER_PROMPTS)
+    without = others[::step][:GALLERY_OTHER_PROMPTS]
+    wanted = GALLERY_CONCEPT_PROMPTS + GALLERY_OTHER_PROMPTS - len(without)  # keep the gallery's rows full
+    concept_prompts = [p for c in config.concepts for p in config.concept_prompts(c)]
+    step = max(1, len(concept_prompts) // wanted)
+    with_concept = concept_prompts[::step][:wanted]
+    return with_concept + without, len(with_concept)
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def loss_plot(losses: list[float], size: tuple[int, int] = (560, 260)):
+    """The loss per step as a PIL image (portable across every gradio version, unlike plot widgets)."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    left, right, top, bottom = 64, 16, 28, 36
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((w - right - 130, 8), "training loss per step", fill="black")  # top left is under gradio's label
+    draw.rectangle([left, top, w - right, h - bottom], outline="#888888")
+    values = [v for v in losses if v == v]
+    if not values:
+        draw.text((left + 10, top + 10), "no steps yet", fill="#666666")
+        return image
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    n = len(values)
+
+    def point(i: int, v: float) -> tuple[float, float]:
+        x = left + (w - right - left) * (i / max(1, n - 1))
+        y = top + (h - bottom - top) * (1 - (v - lo) / span)
+        return x, y
+
+    if n == 1:
+        x, y = point(0, values[0])
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill="#1f6feb")
+    else:
+        draw.line([point(i, v) for i, v in enumerate(values)], fill="#9ec1f7", width=1)
+        k = max(1, n // 20)  # a moving average shows the trend through the noise
+        smooth = [sum(values[max(0, i - k):i + 1]) / len(values[max(0, i - k):i + 1]) for i in range(n)]
+        draw.line([point(i, v) for i, v in enumerate(smooth)], fill="#1f6feb", width=2)
+    draw.text((4, top - 4), f"{hi:.4g}", fill="black")
+    draw.text((4, h - bottom - 8), f"{lo:.4g}", fill="black")
+    draw.text((left, h - bottom + 6), "1", fill="black")
+    draw.text((w - right - 40, h - bottom + 6), f"{n} steps", fill="black")
+    return image
+
+
+def to_display(images) -> list:
+    """(N, 3, H, W) tensor in [0, 1] -> PIL images, small ones enlarged with sharp pixels."""
+    from PIL import Image
+
+    arr = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
+    out = []
+    for a in arr:
+        img = Image.fromarray(a)
+        scale = max(1, -(-DISPLAY_MIN_SIDE // min(img.size)))
+        out.append(img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img)
+    return out
+
+
+def gallery_items(before, after, prompts: list[str]) -> list[tuple]:
+    """Before row then after row (same prompts, same seeds), each image captioned."""
+    items = [(img, f"before · {p}") for img, p in zip(to_display(before), prompts)]
+    items += [(img, f"after · {p}") for img, p in zip(to_display(after), prompts)]
+    return items
+
+
+# ---------------------------------------------------------------- messages
+
+
+def error_message(exc: BaseException) -> str:
+    if isinstance(exc, ErasureInputError):
+        return f"Error in {exc.field}: {exc.problem}.\nFix: {exc.fix}."
+    if isinstance(exc, ErasureCancelled):
+        return f"Cancelled: {exc}"
+    if isinstance(exc, NonFiniteLoss):
+        return f"Training diverged: {exc}"
+    return f"Error: {exc}"
+
+
+def summary(report: dict, saved: Path | None) -> str:
+    lines = [f"Done: erased {report['concept']!r} with {report['method']} in {report['steps']} steps "
+             f"({report['seconds']} s training, {report['total_seconds']} s in all); final loss {report['final_loss']}."]
+    labels = (("erased rate (judge still sees the concept)", "erased_rate"), ("preserved accuracy", "preserved_acc"),
+              ("alternative hit rate", "alt_hit_rate"))
+    for label, key in labels:
+        if report.get(f"{key}_after") is not None:
+            before = report.get(f"{key}_before")
+            lines.append(f"{label}: {before if before is not None else '–'} → {report[f'{key}_after']}")
+    if report.get("divergence") is not None:
+        lines.append(f"divergence on prompts without the concept: {report['divergence']:.4f}")
+    if saved is not None:
+        lines.append(f"Saved: {saved}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- running an erasure
+
+
+def run_folder(out_dir: Path, method: str, concepts: list[str]) -> Path:
+    """A fresh folder per run, so runs never overwrite each other's files."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", "_".join(concepts))[:40].strip("-") or "concept"
+    base = Path(out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{method}_{slug}"
+    folder, n = base, 1
+    while folder.exists():
+        n += 1
+        folder = base.with_name(f"{base.name}_{n}")
+    return folder
+
+
+@dataclass
+class RunOutcome:
+    status: str
+    loss_image: object = None
+    gallery: list = field(default_factory=list)
+    saved_path: str = ""
+    job: object = None  # the core's JobOutput when the run finished
+
+    def as_outputs(self) -> tuple:
+        return self.status, self.loss_image, self.gallery, self.saved_path
+
+
+class EraseRunner:
+    """One erasure at a time for a host; Cancel sets an event the training loop checks each step."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self.cancel_event = threading.Event()
+        self._lock = threading.Lock()
+
+    def cancel(self) -> str:
+        self.cancel_event.set()
+        return "Cancelling after the current step…"
+
+    def _should_cancel(self) -> bool:
+        return self.cancel_event.is_set() or bool(self.host.should_cancel())
+
+    def run(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure=False,
+            progress: Callable | None = None) -> RunOutcome:
+        if not self._lock.acquire(blocking=False):
+            return RunOutcome("An erasure is already running: wait for it to finish, or press Cancel.")
+        self.cancel_event.clear()
+        try:
+            return self._run(method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure,
+                             progress if progress is not None else (lambda *a, **k: None))  # Progress is falsy
+        except ErasureError as exc:  # input errors, cancel, divergence: the message says what to do
+            return RunOutcome(error_message(exc))
+        finally:
+            self._lock.release()
+
+    def _run(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, progress):
+        from .jobs import run_erasure
+        from .sampling import sample_images
+
+        host = self.host
+        config = build_config(method, concepts, alternative, preserve, steps, lr, group, rank, seed, toy=host.toy)
+        progress(0.0, desc="loading the model")
+        model = host.load_model()
+        prompts, _ = gallery_prompts(config, host.toy)
+        seeds = list(range(len(prompts)))  # the same seeds before and after
+        progress(0.0, desc="sampling the 'before' images")
+        before = sample_images(model, prompts, seeds, steps=config.sample_steps, guidance=config.guidance)
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            progress((step, total), desc=f"erasing: step {step}/{total}, loss {loss:.4f}")
+
+        judge = None
+        if measure and host.toy and host.judge_path is not None:
+            from .toyworld.judge import load_judge
+
+            judge = load_judge(host.judge_path)
+        folder = run_folder(host.out_dir, method, config.concepts)
+        job = run_erasure(model, method, config, folder, judge=judge, progress=on_step,
+                          should_cancel=self._should_cancel, log=host.log)
+        progress(1.0, desc="sampling the 'after' images")
+        after = sample_images(model, prompts, seeds, unet=job.result.tuned_unet, steps=config.sample_steps,
+                              guidance=config.guidance)
+        saved = host.publish(job) if host.publish is not None else job.erasure_path
+        return RunOutcome(summary(job.report, saved), loss_plot(job.result.losses),
+                          gallery_items(before, after, prompts), str(saved), job)
+
+
+def on_method_change(method: str):
+    """The chosen method's own defaults for learning rate and parameter group."""
+    import gradio as gr
+
+    defaults = method_defaults(method)
+    return gr.update(value=defaults["lr"]), gr.update(value=defaults["group"])
+
+
+# ---------------------------------------------------------------- the Blocks
+
+
+def build_blocks(host: Host, runner: EraseRunner | None = None):
+    """The UI as a `gr.Blocks`; the webui tab and the standalone app both call this."""
+    import gradio as gr
+
+    runner = runner or EraseRunner(host)
+    first = METHOD_DEFAULTS["dt"]
+    with gr.Blocks(title=host.title, analytics_enabled=False) as blocks:
+        if host.intro:
+            gr.Markdown(host.intro)
+        with gr.Row():
+            with gr.Column(scale=1):
+                method = gr.Radio(list(METHOD_DEFAULTS), value="dt", label="Method", elem_id="ce_method")
+                gr.Markdown(METHOD_HELP)
+                concepts = gr.Textbox(label="Concept(s) to erase (comma or newline separated)", lines=2,
+                                      placeholder="circle" if host.toy else "van gogh", elem_id="ce_concepts")
+                alternative = gr.Textbox(label="Alternative (what the concept becomes; cg only, optional)",
+                                         elem_id="ce_alternative")
+                preserve = gr.Textbox(label="Prompts to preserve (one per line; empty = defaults)", lines=3,
+                                      elem_id="ce_preserve")
+                with gr.Row():
+                    steps = gr.Number(value=first["steps"], precision=0, label="Steps", elem_id="ce_steps")
+                    lr = gr.Number(value=first["lr"], label="Learning rate", elem_id="ce_lr")
+                with gr.Row():
+                    group = gr.Dropdown(list(GROUPS), value=first["group"], label="Parameter group",
+                                        elem_id="ce_group")
+                    rank = gr.Number(value=0, precision=0, label="LoRA rank (0 = full weights)", elem_id="ce_rank")
+                    seed = gr.Number(value=0, precision=0, label="Seed", elem_id="ce_seed")
+                measure = gr.Checkbox(value=False, visible=host.toy and host.judge_path is not None,
+                                      label="Score before/after with the toy world's judge (slower)",
+                                      elem_id="ce_measure")
+                with gr.Row():
+                    run_button = gr.Button("Erase", variant="primary", elem_id="ce_run")
+                    cancel_button = gr.Button("Cancel", elem_id="ce_cancel")
+            with gr.Column(scale=1):
+                status = gr.Textbox(label="Status", lines=5, interactive=False, elem_id="ce_status")
+                saved = gr.Textbox(label="Saved erasure file", interactive=False, elem_id="ce_saved")
+                loss = gr.Image(label="Loss curve", type="pil", interactive=False, elem_id="ce_loss")
+                gallery = gr.Gallery(label="Before / after (same seeds)",
+                                     columns=GALLERY_CONCEPT_PROMPTS + GALLERY_OTHER_PROMPTS, elem_id="ce_gallery")
+
+        def run(method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure,
+                progress=gr.Progress(track_tqdm=False)):
+            return runner.run(method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure,
+                              progress=progress).as_outputs()
+
+        method.change(on_method_change, inputs=method, outputs=[lr, group])
+        run_button.click(run, inputs=[method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure],
+                         outputs=[status, loss, gallery, saved])
+        # Not queued: it must get through while the erasure itself occupies the queue.
+        cancel_button.click(runner.cancel, inputs=None, outputs=None, queue=False)
+    blocks.ce_runner = runner  # for tests and hosts
+    return blocks

@@ -1,0 +1,17 @@
+"""The pack's nodes (V3 schema). Imported only by ComfyUI, through the pack's top-level __init__."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .compare import ErasureCompare
+from .dataset import ScrambledGridDataset
+from .erase import EraseConceptCG, EraseConceptDT
+from .files import LoadErasure, SaveErasure
+
+NODES: list[type[io.ComfyNode]] = [ScrambledGridDataset, EraseConceptDT, EraseConceptCG, SaveErasure, LoadErasure,
+                                   ErasureCompare]
+
+
+class ConceptEraserExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES

@@ -1,0 +1,155 @@
+"""Erase Concept nodes: Degeneration-Tuning and classifier guidance, trained on the MODEL itself.
+
+Both return a fresh MODEL (a clone carrying the erasure as patches: the cached input MODEL is
+never written to), the erasure as a LORA_MODEL and the loss as a LOSS_MAP.
+"""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io, ui
+
+import comfy.model_management as mm
+from erasure_core.backends import comfy as backend
+from erasure_core.errors import ErasureCancelled
+from erasure_core.methods.cg import CGConfig, erase_cg
+from erasure_core.methods.common import DEFAULT_TEMPLATES
+from erasure_core.methods.dt import DTConfig, erase_dt
+from erasure_core.trainable import GROUPS
+
+from .common import CATEGORY, Dataset, ErasureLora, lines, node_id, pil_to_image
+from .progress import Reporter, loss_curve_image
+
+
+# -- inputs both nodes share (declared once, so both stay alike) ---------------------------------
+def concept_inputs() -> list:
+    return [
+        io.String.Input("concept", multiline=True, default="",
+                        tooltip="The concept to erase, e.g. 'Van Gogh' or 'a dog'. Several concepts: one per line."),
+    ]
+
+
+def training_inputs(steps: int, lr: float, group: str) -> list:
+    return [
+        io.String.Input("preserve", multiline=True, default="",
+                        tooltip="Prompts whose images must NOT change (one per line), e.g. related styles or "
+                                "objects you want to keep."),
+        io.String.Input("templates", multiline=True, default="\n".join(DEFAULT_TEMPLATES),
+                        tooltip="Prompt templates for the concept, one per line; {} is replaced by the concept."),
+        io.Int.Input("steps", default=steps, min=1, max=10000, tooltip="Training steps. More erases more firmly."),
+        io.Float.Input("learning_rate", default=lr, min=1e-6, max=0.1, step=1e-5, round=False,
+                       tooltip="AdamW learning rate. If the loss becomes NaN, divide it by 10."),
+        io.Int.Input("rank", default=0, min=0, max=256,
+                     tooltip="0 trains the chosen layers' full weights; r > 0 trains a LoRA of rank r (smaller file)."),
+        io.Combo.Input("parameter_group", options=list(GROUPS), default=group,
+                       tooltip="Which UNet layers change: cross_attn = the layers that read the text (surgical); "
+                               "cross_attn_kv = only their keys/values; no_cross_attn = the rest; all = everything."),
+        io.Int.Input("batch_size", default=8, min=1, max=64, tooltip="Samples per training step (lower uses less memory)."),
+        io.Int.Input("sampling_steps", default=25, min=2, max=200,
+                     tooltip="Steps the original model takes to draw its own images of the prompts (done once, "
+                             "before training)."),
+        io.Int.Input("image_size", default=512, min=64, max=2048, step=64,
+                     tooltip="Pixel size of those images. The model's native size is best; smaller is faster."),
+        io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
+                     tooltip="Seed for the images, the noise and the training batches (same seed, same erasure)."),
+    ]
+
+
+OUTPUTS = [
+    io.Model.Output(display_name="MODEL", tooltip="A new MODEL with the concept erased (the input MODEL is unchanged)."),
+    io.LoraModel.Output(display_name="erasure",
+                        tooltip="The erasure as LoRA tensors (kohya format): Save Erasure, core Save LoRA and "
+                                "Load LoRA Model accept it."),
+    io.LossMap.Output(display_name="loss", tooltip="The loss of every step (core Plot Loss Graph accepts it)."),
+]
+
+
+def common_config(concept, preserve, templates, steps, learning_rate, rank, parameter_group, batch_size,
+                  sampling_steps, seed) -> dict:
+    return dict(concepts=lines(concept), preserve_prompts=lines(preserve), templates=lines(templates),
+                steps=int(steps), lr=float(learning_rate), rank=int(rank) or None, group=parameter_group,
+                batch_size=int(batch_size), sample_steps=int(sampling_steps), seed=int(seed))
+
+
+def run(cls, title: str, erase, config, model, clip, vae, image_size: int) -> io.NodeOutput:
+    """Train on a private copy of the MODEL's UNet; return a patched clone, the tensors and the loss."""
+    config.validate()
+    reporter = Reporter(node_id(cls), title, config.steps)
+    reporter.text(f"{title}: drawing the original model's images…")
+    # ComfyUI executes under inference_mode; autograd needs it off (inputs are cloned inside the backend).
+    with torch.inference_mode(False), torch.enable_grad():
+        model_api = backend.ComfyModel(model, clip, vae, image_size=int(image_size))
+        try:
+            result = erase(model_api, config, progress=reporter, should_cancel=mm.processing_interrupted)
+        except ErasureCancelled:
+            mm.throw_exception_if_processing_interrupted()  # report it as ComfyUI's own interruption
+            raise
+    tensors = backend.to_diffusers_keys(result.state_dict, model)
+    lora = ErasureLora(tensors, backend.portable_metadata(result.metadata, model))
+    losses = list(result.losses)
+    del result  # drop the trained UNet copy now; only the tensors live on
+    mm.soft_empty_cache()
+    fresh = backend.patched_clone(model, tensors)
+    reporter.text(f"{title}: done, {len(losses)} steps, final loss {losses[-1]:.4f}")
+    curve = pil_to_image(loss_curve_image(losses))
+    return io.NodeOutput(fresh, lora, {"loss": losses}, ui=ui.PreviewImage(curve, cls=cls))
+
+
+class EraseConceptDT(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ConceptEraser_EraseDT", display_name="Erase Concept (Degeneration-Tuning)", category=CATEGORY,
+            description="Erase a concept by teaching the model to draw scrambled noise for it (Degeneration-Tuning, "
+                        "Ni et al. 2023), while preserve prompts keep their images. Needs the VAE.",
+            inputs=[io.Model.Input("model"), io.Clip.Input("clip"), io.Vae.Input("vae"), *concept_inputs(),
+                    *training_inputs(200, 3e-4, "all"),
+                    io.Int.Input("grid", default=4, min=2, max=32,
+                                 tooltip="Scrambled grid size g (g×g patches); larger destroys more structure. "
+                                         "Ignored when a dataset is connected (its own grid is used)."),
+                    io.Int.Input("images_per_prompt", default=4, min=1, max=64,
+                                 tooltip="Images the original model draws per concept prompt (no dataset connected)."),
+                    Dataset.Input("dataset", optional=True,
+                                  tooltip="Your own concept images from Scrambled Grid Dataset (optional).")],
+            outputs=OUTPUTS, hidden=[io.Hidden.unique_id])
+
+    @classmethod
+    def execute(cls, model, clip, vae, concept, preserve, templates, steps, learning_rate, rank, parameter_group,
+                batch_size, sampling_steps, image_size, seed, grid, images_per_prompt, dataset=None) -> io.NodeOutput:
+        config = DTConfig(**common_config(concept, preserve, templates, steps, learning_rate, rank, parameter_group,
+                                          batch_size, sampling_steps, seed),
+                          grid=int(grid), images_per_prompt=int(images_per_prompt))
+        if dataset is not None:
+            config.concept_images, config.grid = dataset["images"].clone(), int(dataset["grid"])
+        return run(cls, "Degeneration-Tuning", erase_dt, config, model, clip, vae, image_size)
+
+
+class EraseConceptCG(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ConceptEraser_EraseCG", display_name="Erase Concept (Classifier Guidance)", category=CATEGORY,
+            description="Erase a concept surgically: its guidance is replaced by the alternative's (or removed), while "
+                        "the model's unconditional behaviour is pinned (Hong et al. 2024). Needs no VAE.",
+            inputs=[io.Model.Input("model"), io.Clip.Input("clip"), *concept_inputs(),
+                    io.String.Input("alternative", multiline=True, default="",
+                                    tooltip="What the concept's prompts should show instead, e.g. 'a cat' for 'a dog'. "
+                                            "One line, or one per concept line. Empty: nothing specific."),
+                    *training_inputs(200, 1e-3, "cross_attn"),
+                    io.Int.Input("trajectories_per_prompt", default=2, min=1, max=32,
+                                 tooltip="Sampling runs of the original model per concept prompt used for training."),
+                    io.Float.Input("drift_weight", default=1.0, min=0.0, max=100.0, step=0.1,
+                                   tooltip="How strongly the model's unconditional prediction is held in place (λ).")],
+            outputs=OUTPUTS, hidden=[io.Hidden.unique_id])
+
+    @classmethod
+    def execute(cls, model, clip, concept, alternative, preserve, templates, steps, learning_rate, rank,
+                parameter_group, batch_size, sampling_steps, image_size, seed, trajectories_per_prompt,
+                drift_weight) -> io.NodeOutput:
+        base = common_config(concept, preserve, templates, steps, learning_rate, rank, parameter_group, batch_size,
+                             sampling_steps, seed)
+        alts = lines(alternative)
+        if len(alts) == 1 and len(base["concepts"]) > 1:
+            alts = alts * len(base["concepts"])  # one alternative for every concept
+        config = CGConfig(**base, alternatives=alts, trajectories_per_prompt=int(trajectories_per_prompt),
+                          drift_weight=float(drift_weight))
+        return run(cls, "Classifier-guidance erasure", erase_cg, config, model, clip, None, image_size)

@@ -1,0 +1,165 @@
+"""A ComfyUI server (main.py --cpu on loopback) with the pack in custom_nodes/ and random-weight
+SD1.5-detected model files, for the server and browser tests (one server per test session)."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from comfy_paths import COMFYUI_DIR, REPO
+from workflows import to_api
+
+EXAMPLES = REPO / "examples"
+FAST_WIDGETS = {  # class -> widget values that only trade quality for time (a large lr: 3 steps must show)
+    "ConceptEraser_EraseCG": dict(steps=3, learning_rate=2e-3, sampling_steps=2, image_size=64, batch_size=2, templates="a photo of {}",
+                                  trajectories_per_prompt=1),
+    "ConceptEraser_EraseDT": dict(steps=3, learning_rate=1e-2, sampling_steps=2, image_size=64, batch_size=2, templates="a photo of {}",
+                                  images_per_prompt=1),
+    "ConceptEraser_Compare": dict(steps=3, image_size=64),
+    "KSampler": dict(steps=3),
+    "EmptyLatentImage": dict(width=64, height=64),
+}
+START_TIMEOUT, PROMPT_TIMEOUT = 420, 600
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Comfy:
+    """A running ComfyUI server and the folders it uses."""
+
+    def __init__(self, base: Path, port: int, process: subprocess.Popen, log: Path):
+        self.base, self.url, self.process, self.log = base, f"http://127.0.0.1:{port}", process, log
+        self.object_info: dict = {}
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=60) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, data: dict):
+        req = urllib.request.Request(self.url + path, json.dumps(data).encode(), {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                body = r.read()
+                return json.loads(body) if body.strip() else None
+        except urllib.error.HTTPError as e:  # a validation error: show ComfyUI's own message
+            raise AssertionError(f"POST {path} -> {e.code}: {e.read().decode()[:2000]}") from None
+
+    def run(self, prompt: dict) -> dict:
+        """Queue `prompt`, wait for it, return its history entry (fails with the server's error)."""
+        prompt_id = self.post("/prompt", {"prompt": prompt, "client_id": "concept-eraser-test"})["prompt_id"]
+        deadline = time.time() + PROMPT_TIMEOUT
+        while time.time() < deadline:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None:
+                status = entry["status"]
+                assert status["status_str"] == "success", json.dumps(status["messages"])[-3000:]
+                return entry
+            assert self.process.poll() is None, "ComfyUI exited:\n" + self.log.read_text()[-3000:]
+            time.sleep(1)
+        raise AssertionError(f"prompt {prompt_id} did not finish in {PROMPT_TIMEOUT} s")
+
+    def run_watching(self, prompt: dict) -> tuple[dict, list[dict], int]:
+        """Like run(), listening on the websocket as the UI does: (history entry, JSON events, binary frames)."""
+        import asyncio
+
+        import aiohttp
+
+        async def watch():
+            events, binary = [], 0
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"{self.url}/ws?clientId=concept-eraser-watch") as ws:
+                    async with session.post(f"{self.url}/prompt", json={"prompt": prompt,
+                                                                         "client_id": "concept-eraser-watch"}) as r:
+                        prompt_id = (await r.json())["prompt_id"]
+                    async for msg in ws:
+                        if msg.type == aiohttp.WSMsgType.BINARY:
+                            binary += 1
+                            continue
+                        event = msg.json()
+                        events.append(event)
+                        if event["type"] in ("execution_success", "execution_error", "execution_interrupted") and \
+                                event["data"].get("prompt_id") == prompt_id:
+                            return prompt_id, events, binary
+
+        prompt_id, events, binary = asyncio.run(asyncio.wait_for(watch(), PROMPT_TIMEOUT))
+        entry = self.get(f"/history/{prompt_id}")[prompt_id]
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-3000:]
+        return entry, events, binary
+
+    def images(self, entry: dict, node: str) -> list[np.ndarray]:
+        out = []
+        for item in entry["outputs"][node]["images"]:
+            path = self.base / item["type"] / item["subfolder"] / item["filename"]
+            out.append(np.asarray(Image.open(path).convert("RGB")).astype(np.int16))
+        return out
+
+    def example(self, name: str) -> dict:
+        prompt = to_api(json.loads((EXAMPLES / f"{name}.json").read_text()), self.object_info)
+        for node in prompt.values():
+            node["inputs"].update(FAST_WIDGETS.get(node["class_type"], {}))
+        return prompt
+
+
+def start(base: Path):
+    """Write the model files into `base`, start ComfyUI on it, yield it once /object_info answers."""
+    import checkpoints
+
+    for sub in ("models/checkpoints", "models/controlnet", "models/loras", "input", "output", "custom_nodes"):
+        (base / sub).mkdir(parents=True)
+    (base / "custom_nodes" / "concept_eraser").symlink_to(REPO, target_is_directory=True)
+    started = time.time()
+    checkpoints.write_checkpoint(base / "models/checkpoints/v1-5-pruned-emaonly.safetensors")
+    checkpoints.write_controlnet(base / "models/controlnet/control_v11p_sd15_canny.safetensors")
+    hint = np.zeros((64, 64, 3), np.uint8)
+    hint[16:48, 30:34] = 255  # a white bar: a plausible edge map
+    Image.fromarray(hint).save(base / "input" / "control_hint.png")
+    print(f"model files written in {time.time() - started:.1f} s")
+    port, log = free_port(), base / "comfyui.log"
+    process = subprocess.Popen(
+        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+         "--base-directory", str(base)], cwd=COMFYUI_DIR, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    server = Comfy(base, port, process, log)
+    try:
+        deadline = time.time() + START_TIMEOUT
+        while time.time() < deadline:
+            assert process.poll() is None, "ComfyUI exited:\n" + log.read_text()[-3000:]
+            try:
+                server.object_info = server.get("/object_info")
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            raise AssertionError(f"ComfyUI did not answer in {START_TIMEOUT} s:\n" + log.read_text()[-3000:])
+        print(f"ComfyUI answered after {time.time() - started:.1f} s")
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+
+
+def attach(url: str, base: Path) -> Comfy:
+    """A Comfy handle on an already running server (its log must be base/comfyui.log)."""
+    class Running:
+        def poll(self):
+            return None
+
+    server = Comfy(base, int(url.rsplit(":", 1)[1]), Running(), base / "comfyui.log")
+    server.object_info = server.get("/object_info")
+    return server

@@ -1,0 +1,94 @@
+"""ComfyUI test setup: a real ComfyUI tree from $COMFYUI_DIR (default <repo>/.comfyui) on sys.path,
+headless (CPU). Every test here is skipped, with the reason, when that ComfyUI cannot be imported;
+`tests/comfy_setup.sh` installs one."""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from comfy_paths import COMFYUI_DIR, REPO
+
+
+def _import_comfy() -> str | None:
+    """Make ComfyUI importable headless; returns why not, or None."""
+    if not (COMFYUI_DIR / "comfy" / "model_management.py").exists():
+        return f"no ComfyUI at COMFYUI_DIR={COMFYUI_DIR} (run tests/comfy_setup.sh)"
+    if str(COMFYUI_DIR) not in sys.path:
+        sys.path.insert(0, str(COMFYUI_DIR))
+    try:
+        # diffusers registers torch custom ops, whose source lookup walks sys.modules: import it
+        # before ComfyUI's ~3500 modules are loaded (several times faster on a busy machine).
+        import diffusers.models.unets.unet_2d_condition  # noqa: F401
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
+        import utils.install_util  # noqa: F401  (before `nodes`, which shadows `utils`; see research notes)
+        import comfy.model_management  # noqa: F401
+        import nodes  # noqa: F401  (ComfyUI's nodes.py)
+    except Exception as exc:  # any import failure means "no usable ComfyUI here"
+        return f"ComfyUI at {COMFYUI_DIR} is not importable: {type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def comfy_env(tmp_path_factory):
+    reason = _import_comfy()
+    if reason:
+        pytest.skip(reason)
+    import folder_paths
+
+    root = tmp_path_factory.mktemp("comfy")
+    folder_paths.set_output_directory(str(root / "output"))
+    folder_paths.set_temp_directory(str(root / "temp"))
+    (root / "loras").mkdir()
+    folder_paths.add_model_folder_path("loras", str(root / "loras"), is_default=True)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return root
+
+
+@pytest.fixture(scope="session")
+def pack(comfy_env):
+    """The pack loaded the way ComfyUI loads it: the repo folder as a package, then comfy_entrypoint()."""
+    spec = importlib.util.spec_from_file_location("concept_eraser", REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["concept_eraser"] = module
+    spec.loader.exec_module(module)
+    extension = asyncio.run(module.comfy_entrypoint())
+    nodes = asyncio.run(extension.get_node_list())
+    return {cls.GET_SCHEMA().node_id: cls for cls in nodes}
+
+
+@pytest.fixture(scope="session")
+def toy_diffusers(comfy_env):
+    from comfy_tiny import toy_model_dir
+
+    from erasure_core.model import load_diffusers_model
+
+    return load_diffusers_model(toy_model_dir())
+
+
+@pytest.fixture(scope="session")
+def tiny(comfy_env, toy_diffusers):
+    """(MODEL, CLIP, VAE): real comfy objects, the MODEL with the toy world's UNet weights."""
+    from comfy_tiny import build_clip, build_model, build_vae
+
+    return build_model(toy_diffusers.unet), build_clip(), build_vae()
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_env, tmp_path_factory):
+    """One ComfyUI server for the server and browser tests (start-up is the slow part)."""
+    import comfy_server
+
+    url, base = os.environ.get("CONCEPT_ERASER_COMFY_URL"), os.environ.get("CONCEPT_ERASER_COMFY_BASE")
+    if url and base:  # development: reuse a server started by comfy_server.start (same layout)
+        yield comfy_server.attach(url, Path(base))
+        return
+    yield from comfy_server.start(tmp_path_factory.mktemp("server"))

@@ -1,0 +1,115 @@
+"""Write examples/*.json (ComfyUI saved workflows) from compact specs.
+
+    python tests/comfy/make_examples.py OBJECT_INFO.json     (GET /object_info of a ComfyUI with the pack)
+The specs below are the single source of the examples; the server test runs these files.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from workflows import build_ui
+
+REPO = Path(__file__).resolve().parents[2]
+CKPT = "v1-5-pruned-emaonly.safetensors"
+CONTROLNET = "control_v11p_sd15_canny.safetensors"
+CONCEPT, PRESERVE = "a dog", "a photo of a cat\na city street"
+
+
+def loader(pos=(0, 0)):
+    return {"type": "CheckpointLoaderSimple", "pos": pos, "widgets": {"ckpt_name": CKPT}}
+
+
+def text(prompt, clip, pos):
+    return {"type": "CLIPTextEncode", "pos": pos, "widgets": {"text": prompt}, "links": {"clip": clip},
+            "size": [300, 120]}
+
+
+def sampler(model, pos_cond, neg_cond, latent, pos, seed=42):
+    return {"type": "KSampler", "pos": pos, "widgets": {"seed": seed, "steps": 20, "cfg": 7.0},
+            "links": {"model": model, "positive": pos_cond, "negative": neg_cond, "latent_image": latent}}
+
+
+def save(images, prefix, pos):
+    return {"type": "SaveImage", "pos": pos, "widgets": {"filename_prefix": prefix}, "links": {"images": images}}
+
+
+def decode(samples, vae, pos):
+    return {"type": "VAEDecode", "pos": pos, "links": {"samples": samples, "vae": vae}, "size": [200, 60]}
+
+
+def erase_cg(pos, concept=CONCEPT, alternative="a cat"):
+    return {"type": "ConceptEraser_EraseCG", "pos": pos, "size": [360, 560],
+            "widgets": {"concept": concept, "alternative": alternative, "preserve": PRESERVE},
+            "links": {"model": (1, 0), "clip": (1, 1)}}
+
+
+EXAMPLES = {
+    "erase_and_compare": ("Erase a concept (classifier guidance) and compare before/after with the same seeds", {
+        1: loader(),
+        2: erase_cg((380, 0)),
+        3: {"type": "ConceptEraser_Compare", "pos": (800, 0), "size": [340, 420],
+            "widgets": {"prompts": f"a photo of {CONCEPT}\n{PRESERVE}", "seed": 7},
+            "links": {"original": (1, 0), "erased": (2, 0), "clip": (1, 1), "vae": (1, 2)}},
+        4: save((3, 0), "concept_eraser/compare", (1180, 0)),
+        5: {"type": "LossGraphNode", "pos": (800, 480), "links": {"loss": (2, 2)},
+            "widgets": {"filename_prefix": "concept_eraser/loss"}},
+    }),
+    "erase_with_controlnet": ("Degeneration-Tuning erasure, then the erased MODEL with ControlNetApplyAdvanced + KSampler", {
+        1: loader(),
+        2: {"type": "ConceptEraser_EraseDT", "pos": (380, 0), "size": [360, 600],
+            "widgets": {"concept": CONCEPT, "preserve": PRESERVE},
+            "links": {"model": (1, 0), "clip": (1, 1), "vae": (1, 2)}},
+        3: text(f"a photo of {CONCEPT} in a park", (1, 1), (380, 640)),
+        4: text("", (1, 1), (380, 800)),
+        5: {"type": "ControlNetLoader", "pos": (0, 400), "widgets": {"control_net_name": CONTROLNET}},
+        6: {"type": "LoadImage", "pos": (0, 520), "widgets": {"image": "control_hint.png"}},
+        7: {"type": "ControlNetApplyAdvanced", "pos": (780, 640), "widgets": {"strength": 0.8},
+            "links": {"positive": (3, 0), "negative": (4, 0), "control_net": (5, 0), "image": (6, 0), "vae": (1, 2)}},
+        8: {"type": "EmptyLatentImage", "pos": (780, 860), "widgets": {"width": 512, "height": 512}},
+        9: {**sampler((2, 0), (7, 0), (7, 1), (8, 0), (1140, 0)), "title": "KSampler (erased)"},
+        10: {**sampler((1, 0), (7, 0), (7, 1), (8, 0), (1140, 520)), "title": "KSampler (original)"},
+        11: decode((9, 0), (1, 2), (1500, 0)),
+        12: decode((10, 0), (1, 2), (1500, 520)),
+        13: save((11, 0), "concept_eraser/erased", (1740, 0)),
+        14: save((12, 0), "concept_eraser/original", (1740, 520)),
+    }),
+    "save_erasure": ("Erase and save the erasure into the loras folder (then run load_erasure_with_lora_loader)", {
+        1: loader(),
+        2: erase_cg((380, 0)),
+        3: {"type": "ConceptEraser_SaveErasure", "pos": (800, 0), "widgets": {"filename_prefix": "erasures/no_dog"},
+            "links": {"erasure": (2, 1)}},
+        4: text(f"a photo of {CONCEPT}", (1, 1), (800, 200)),
+        5: text("", (1, 1), (800, 360)),
+        6: {"type": "EmptyLatentImage", "pos": (800, 520), "widgets": {"width": 512, "height": 512}},
+        7: sampler((2, 0), (4, 0), (5, 0), (6, 0), (1140, 200)),
+        8: decode((7, 0), (1, 2), (1500, 200)),
+        9: save((8, 0), "concept_eraser/erased_in_graph", (1740, 200)),
+    }),
+    "load_erasure_with_lora_loader": ("A fresh graph: the saved erasure through the core LoraLoader", {
+        1: loader(),
+        2: {"type": "LoraLoader", "pos": (380, 0),
+            "widgets": {"lora_name": "erasures/no_dog_00001.safetensors", "strength_model": 1.0, "strength_clip": 1.0},
+            "links": {"model": (1, 0), "clip": (1, 1)}},
+        4: text(f"a photo of {CONCEPT}", (2, 1), (800, 0)),
+        5: text("", (2, 1), (800, 160)),
+        6: {"type": "EmptyLatentImage", "pos": (800, 320), "widgets": {"width": 512, "height": 512}},
+        7: sampler((2, 0), (4, 0), (5, 0), (6, 0), (1140, 0)),
+        8: decode((7, 0), (1, 2), (1500, 0)),
+        9: save((8, 0), "concept_eraser/lora_loaded", (1740, 0)),
+    }),
+}
+
+
+def main(object_info_path: str) -> None:
+    info = json.loads(Path(object_info_path).read_text())
+    out = REPO / "examples"
+    out.mkdir(exist_ok=True)
+    for name, (title, spec) in EXAMPLES.items():
+        (out / f"{name}.json").write_text(json.dumps(build_ui(spec, info, title), indent=1) + "\n")
+        print("wrote", out / f"{name}.json")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,99 @@
+"""Server end to end: ComfyUI's main.py --cpu on loopback with the pack in custom_nodes/, every
+example workflow submitted through POST /prompt, results read back from /history.
+
+Models: random-weight files that CheckpointLoaderSimple / ControlNetLoader detect as SD1.5 (see
+checkpoints.py for why they are shallow rather than full size). Widget values that only set
+quality (steps, sizes) are lowered after conversion to API format, so a run takes minutes on 2 CPUs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def test_pack_loaded(comfy):
+    info = comfy.object_info
+    ours = {k for k, v in info.items() if v["category"] == "Concept Eraser"}
+    assert len(ours) == 6, ours
+    assert "IMPORT FAILED" not in "\n".join(l for l in comfy.log.read_text().splitlines() if "concept_eraser" in l)
+    assert "/extensions/concept_eraser/concept_eraser.js" in comfy.get("/extensions")
+
+
+def reference_run(comfy, prompt: dict, method: str) -> np.ndarray:
+    """The original-MODEL branch alone, fed through a same-size LatentUpscale: an identity whose
+    `method` changes only the cache key, so KSampler really runs again on the cached MODEL."""
+    keep = {k: v for k, v in prompt.items() if k not in ("2", "9", "11", "13")}  # no erase node
+    keep["15"] = {"class_type": "LatentUpscale", "inputs": {"samples": ["8", 0], "upscale_method": method,
+                                                           "width": 64, "height": 64, "crop": "disabled"}}
+    keep["10"] = {**keep["10"], "inputs": {**keep["10"]["inputs"], "latent_image": ["15", 0]}}
+    return comfy.images(comfy.run(keep), "14")[0]
+
+
+def test_controlnet_example_original_untouched(comfy):
+    """Erased MODEL + ControlNet + KSampler; the original MODEL draws the same image before and after."""
+    prompt = comfy.example("erase_with_controlnet")
+    before = reference_run(comfy, prompt, "nearest-exact")
+    entry = comfy.run(prompt)
+    original, erased = comfy.images(entry, "14")[0], comfy.images(entry, "13")[0]
+    after = reference_run(comfy, prompt, "bilinear")
+    assert np.array_equal(original, before) and np.array_equal(after, before), "the cached MODEL must not change"
+    assert np.abs(erased - original).mean() > 0.5, "the erased MODEL draws something else"
+
+
+def test_compare_example(comfy):
+    entry, events, binary = comfy.run_watching(comfy.example("erase_and_compare"))
+    losses = [e["data"] for e in events if e["type"] == "concept_eraser.loss"]
+    assert [e["step"] for e in losses] == [1, 2, 3] and losses[0]["node"] == "2", "live loss for web/ extension"
+    assert any(e["type"] == "progress" and e["data"]["node"] == "2" for e in events), "progress bar on the node"
+    assert binary >= 3, "previews (loss curve) and progress text arrive as binary frames"
+    grid = comfy.images(entry, "4")[0]
+    h, w = 64, 64
+    rows = [(grid[r * (h + 4):r * (h + 4) + h, :w], grid[r * (h + 4):r * (h + 4) + h, w + 4:]) for r in range(3)]
+    changes = [np.abs(after - before).mean() for before, after in rows]
+    print("mean |after - before| per row (concept, preserved, preserved):", changes)
+    assert changes[0] > 0.5, "the concept's image changes"
+
+
+def test_save_then_lora_loader_in_fresh_graph(comfy):
+    saved = comfy.run(comfy.example("save_erasure"))
+    files = list((comfy.base / "models/loras/erasures").glob("no_dog_*.safetensors"))
+    assert [f.name for f in files] == ["no_dog_00001.safetensors"]
+    in_graph = comfy.images(saved, "9")[0]
+    comfy.object_info = comfy.get("/object_info")  # the new file now appears in LoraLoader's list
+    assert "erasures/no_dog_00001.safetensors" in comfy.object_info["LoraLoader"]["input"]["required"]["lora_name"][0]
+    loaded = comfy.images(comfy.run(comfy.example("load_erasure_with_lora_loader")), "9")[0]
+    assert np.abs(loaded - in_graph).max() <= 2, "the file carries exactly the erasure"
+
+
+def test_cancel_stops_an_erasure(comfy):
+    """The UI's Cancel (POST /interrupt) stops a long erasure within a step; nothing is saved."""
+    import asyncio
+
+    import aiohttp
+
+    prompt = comfy.example("save_erasure")
+    prompt["2"]["inputs"].update(steps=5000, seed=123)  # far too long to finish; a new seed: no cache hit
+
+    async def run_and_cancel():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{comfy.url}/ws?clientId=concept-eraser-cancel") as ws:
+                async with session.post(f"{comfy.url}/prompt",
+                                        json={"prompt": prompt, "client_id": "concept-eraser-cancel"}) as r:
+                    prompt_id = (await r.json())["prompt_id"]
+                step = None
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    event = msg.json()
+                    if event["type"] == "concept_eraser.loss" and step is None:
+                        step = event["data"]["step"]
+                        await session.post(f"{comfy.url}/interrupt")
+                    elif event["type"] == "concept_eraser.loss":
+                        last = event["data"]["step"]
+                        assert last <= step + 2, "cancel is honoured within a step or two"
+                    if event["type"].startswith("execution_") and event["type"] not in ("execution_start",
+                                                                                      "execution_cached"):
+                        return event["type"]
+
+    before = set((comfy.base / "models/loras").rglob("*.safetensors"))
+    assert asyncio.run(asyncio.wait_for(run_and_cancel(), 300)) == "execution_interrupted"
+    assert set((comfy.base / "models/loras").rglob("*.safetensors")) == before, "nothing written"

@@ -1,0 +1,161 @@
+"""The UI's logic without a browser: form parsing, pictures, the Blocks build, and a real run."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from erasure_core import ui_blocks
+from erasure_core.errors import ErasureInputError
+from erasure_core.ui_blocks import EraseRunner, Host, build_config, loss_plot, split_list
+
+
+def toy_model_dir() -> Path | None:
+    """The shipped toy world, or CE_TOY_MODEL (a toy-world build's model/ folder) while it is being trained."""
+    from erasure_core.toyworld import MODEL_DIR
+
+    for path in (MODEL_DIR, os.environ.get("CE_TOY_MODEL")):
+        if path and (Path(path) / "model_index.json").exists():
+            return Path(path)
+    return None
+
+
+def test_split_list_accepts_commas_and_newlines():
+    assert split_list(" circle, square\n\ntriangle ,") == ["circle", "square", "triangle"]
+    assert split_list(None) == []
+
+
+def test_defaults_match_the_core():
+    from erasure_core.methods import METHODS
+    from erasure_core.trainable import GROUPS
+
+    assert tuple(ui_blocks.GROUPS) == tuple(GROUPS)
+    assert set(ui_blocks.METHOD_DEFAULTS) == set(METHODS)
+    for name, (config_cls, _) in METHODS.items():
+        fields = {f.name: f.default for f in dataclasses.fields(config_cls)}
+        assert ui_blocks.METHOD_DEFAULTS[name]["lr"] == fields["lr"]
+        assert ui_blocks.METHOD_DEFAULTS[name]["group"] == fields["group"]
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"concepts_text": "  "}, "concept"),
+    ({"steps": 0}, "steps"),
+    ({"steps": 2.5}, "steps"),
+    ({"lr": "fast"}, "learning rate"),
+    ({"rank": -1}, "LoRA rank"),
+    ({"method": "magic"}, "method"),
+    ({"group": "nothing"}, "parameter group"),
+    ({"alternative_text": "circle"}, "alternative"),
+])
+def test_bad_form_values_name_their_field(changes, field):
+    form = dict(method="cg", concepts_text="circle", alternative_text="", preserve_text="", steps=5, lr=1e-3,
+                group="cross_attn", rank=0, seed=0)
+    form.update(changes)
+    with pytest.raises(ErasureInputError) as err:
+        build_config(**form)
+    assert err.value.field == field
+    assert err.value.fix
+
+
+def test_form_to_config():
+    config = build_config("cg", "van gogh, monet", "photo", "a dog\na cat, sitting", 7, "0.002", "cross_attn_kv", 4, 3)
+    assert config.concepts == ["van gogh", "monet"]
+    assert config.alternatives == ["photo", "photo"]  # one alternative serves every concept
+    assert config.preserve_prompts == ["a dog", "a cat, sitting"]  # prompts are whole lines
+    assert (config.steps, config.lr, config.group, config.rank, config.seed) == (7, 0.002, "cross_attn_kv", 4, 3)
+    assert build_config("esd", "x", "", "", 5, 1e-4, "all", 0, 0).rank is None  # 0 = full weights
+
+
+def test_toy_world_uses_its_own_prompts():
+    config = build_config("dt", "circle", "", "", 5, 3e-4, "all", 0, 0, toy=True)
+    assert all("circle" in p for p in config.concept_prompts("circle"))
+    assert config.preserve_prompts and not any("circle" in p for p in config.preserve_prompts)
+    with pytest.raises(ErasureInputError) as err:
+        build_config("dt", "van gogh", "", "", 5, 3e-4, "all", 0, 0, toy=True)
+    assert err.value.field == "concept"
+
+
+def test_loss_plot_is_an_image_for_any_length():
+    for losses in ([], [0.5], [1.0, 0.5, float("nan"), 0.25] * 10):
+        image = loss_plot(losses)
+        assert image.size == (560, 260) and image.mode == "RGB"
+    curve = loss_plot([1.0, 0.1])
+    assert len(curve.getcolors(maxcolors=100_000)) > 2  # something was drawn
+
+
+def test_blocks_build_and_method_defaults():
+    gr = pytest.importorskip("gradio")
+    host = Host(load_model=lambda: None, out_dir=Path("unused"))
+    blocks = build_blocks_checked(host)
+    assert isinstance(blocks, gr.Blocks)
+    lr, group = ui_blocks.on_method_change("esd")
+    assert lr["value"] == 1e-4 and group["value"] == "cross_attn"
+
+
+def build_blocks_checked(host):
+    blocks = ui_blocks.build_blocks(host)
+    ids = {getattr(b, "elem_id", None) for b in blocks.blocks.values()}
+    assert {"ce_method", "ce_concepts", "ce_run", "ce_cancel", "ce_gallery", "ce_loss", "ce_saved"} <= ids
+    return blocks
+
+
+def unet_hash(unet) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(unet.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def toy():
+    path = toy_model_dir()
+    if path is None:
+        pytest.skip("the toy world model is not built yet (set CE_TOY_MODEL to a toy-world build's model/ folder)")
+    from erasure_core.model import load_diffusers_model
+
+    torch.set_num_threads(1)  # tiny model: threads only fight each other on a small shared CPU
+    return load_diffusers_model(path)
+
+
+def test_a_short_run_saves_and_shows_before_after(toy, tmp_path):
+    host = Host(load_model=lambda: toy, out_dir=tmp_path, toy=True, log=lambda m: None)
+    before_hash = unet_hash(toy.unet)
+    calls = []
+    outcome = EraseRunner(host).run("esd", "circle", "", "a red solid square", 2, 1e-4, "cross_attn", 0, 0,
+                                    progress=lambda value, desc=None: calls.append((value, desc)))
+    assert outcome.status.startswith("Done"), outcome.status
+    saved = Path(outcome.saved_path)
+    assert saved.exists() and saved.suffix == ".safetensors" and saved.parent.parent == tmp_path
+    assert (2, 2) in [c[0] for c in calls] and any("step 2/2" in (c[1] or "") for c in calls)
+    assert len(outcome.gallery) == 2 * 6  # 5 prompts with the concept + the 1 without, before and after
+    assert outcome.gallery[0][1].startswith("before") and outcome.gallery[6][1].startswith("after")
+    assert outcome.gallery[5][1] == "before · a red solid square"
+    assert outcome.gallery[0][0].size[0] >= ui_blocks.DISPLAY_MIN_SIDE
+    assert outcome.loss_image.size == (560, 260)
+    assert unet_hash(toy.unet) == before_hash  # the input model is never modified
+
+
+def test_errors_and_cancel_show_in_the_status(toy, tmp_path):
+    host = Host(load_model=lambda: toy, out_dir=tmp_path, toy=True, log=lambda m: None)
+    runner = EraseRunner(host)
+    bad = runner.run("esd", "dragon", "", "", 2, 1e-4, "cross_attn", 0, 0)
+    assert bad.status.startswith("Error in concept") and "Fix:" in bad.status
+    host.should_cancel = lambda: True  # e.g. the webui's Interrupt
+    cancelled = runner.run("esd", "circle", "", "a red solid square", 2, 1e-4, "cross_attn", 0, 0)
+    assert cancelled.status.startswith("Cancelled"), cancelled.status
+    assert not list(tmp_path.rglob("*.safetensors"))  # nothing written
+    assert runner.cancel().startswith("Cancelling") and runner.cancel_event.is_set()
+
+
+def test_one_run_at_a_time(tmp_path):
+    runner = EraseRunner(Host(load_model=lambda: None, out_dir=tmp_path))
+    runner._lock.acquire()
+    try:
+        assert "already running" in runner.run("esd", "x", "", "", 1, 1e-4, "all", 0, 0).status
+    finally:
+        runner._lock.release()

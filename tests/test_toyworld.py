@@ -1,0 +1,55 @@
+"""The toy world: judge accuracy, offline loading, deterministic sampling, generation accuracy guard."""
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPTokenizer
+
+from erasure_core.sampling import sample_images
+from erasure_core.toyworld import MODEL_DIR
+from erasure_core.toyworld.draw import draw_batch
+from erasure_core.toyworld.evaluate import generation_accuracy
+from erasure_core.toyworld.judge import heldout_accuracy
+from erasure_core.toyworld.world import all_scenes, vocabulary_words
+
+
+def test_every_word_is_one_token():
+    tok = CLIPTokenizer.from_pretrained(MODEL_DIR / "tokenizer", local_files_only=True)
+    for word in vocabulary_words():
+        assert len(tok(word).input_ids) == 3, word  # <bos> word <eos>
+
+
+def test_drawing_is_deterministic():
+    scenes = all_scenes()[:6]
+    assert np.array_equal(draw_batch(scenes, 3), draw_batch(scenes, 3))
+    assert not np.array_equal(draw_batch(scenes, 3), draw_batch(scenes, 4))
+
+
+def test_judge_is_accurate_on_heldout_procedural_images(judge):
+    acc = heldout_accuracy(judge)
+    assert min(acc.values()) >= 0.98, acc
+
+
+def test_loads_offline_with_plain_diffusers(monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL_DIR, local_files_only=True)
+    out = pipe("a red solid circle", num_inference_steps=3, output_type="np",
+               generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 32, 32, 3)
+
+
+def test_sampling_is_deterministic_for_a_seed(toy_model):
+    kw = dict(steps=10, guidance=4.0)
+    a = sample_images(toy_model, ["a red solid circle", "a blue striped cross"], [1, 2], **kw)
+    b = sample_images(toy_model, ["a blue striped cross"], [2], **kw)  # same seed, other batch
+    c = sample_images(toy_model, ["a red solid circle"], [3], **kw)
+    assert torch.allclose(a[1], b[0], atol=1e-5)
+    assert (a[0] - c[0]).abs().mean() > 1e-3
+
+
+def test_generation_accuracy_stays_above_the_bar(toy_model, judge):
+    """Regression guard: one seed per scene (48 images), every attribute judged right >= 90%."""
+    acc = generation_accuracy(toy_model, judge, seeds_per_scene=1)
+    for key in ("gen_shape_acc", "gen_color_acc", "gen_style_acc"):
+        assert acc[key] >= 0.90, (key, acc[key])
