@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from erasure_core.__main__ import demo_dt_options  # noqa: E402
 from erasure_core.jobs import write_json  # noqa: E402
 from erasure_core.methods import METHODS  # noqa: E402
 from erasure_core.model import load_diffusers_model  # noqa: E402
@@ -39,8 +40,7 @@ def method_settings(task: str) -> dict[str, tuple[str, dict]]:
     common = dict(concepts=[concept], **toy_eval.toy_options([concept]), seed=0)
     return {
         "esd": ("esd", dict(common, group=esd_group, steps=300, lr=1e-4, eta=1.0, batch_size=16)),
-        "dt": ("dt", dict(common, group="all", steps=300, lr=3e-4, grid=4, batch_size=16, images_per_prompt=2,
-                          preserve_images_per_prompt=1)),
+        "dt": ("dt", demo_dt_options(concept)),  # the demo's settings
         "cg": ("cg", dict(common, steps=300, lr=1e-3, batch_size=16)),
         "cg_alt": ("cg", dict(common, alternatives=[alternative], steps=300, lr=1e-3, batch_size=16)),
     }

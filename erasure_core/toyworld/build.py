@@ -132,7 +132,7 @@ def train_diffusion(vae, tokenizer, steps: int, batch: int, seed: int, log, chec
     """Text encoder and UNet trained jointly from scratch with the ordinary denoising loss.
 
     `schedule_steps` is the cosine learning-rate horizon (default: `steps`); training may stop
-    before it (the shipped model did: see build_info.json).
+    before it.
     """
     torch.manual_seed(seed)
     rng, prng = np.random.default_rng(seed + 1), random.Random(seed + 1)
