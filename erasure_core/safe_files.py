@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 import struct
 import tempfile
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from pathlib import Path
 from .errors import ErasureInputError
 
 PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")  # pickle protocols, torch zip
+MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit on the JSON header
 
 
 def check_safetensors(path: Path, field: str) -> dict:
@@ -35,23 +37,54 @@ def check_safetensors(path: Path, field: str) -> dict:
             raise ErasureInputError(field, f"{path.name} is too short to be a safetensors file ({size} bytes)",
                                     "the file is truncated; save or download it again")
         (header_len,) = struct.unpack("<Q", head)
-        if header_len <= 0 or 8 + header_len > size:
+        if header_len <= 0 or header_len > MAX_HEADER_BYTES or 8 + header_len > size:
             raise ErasureInputError(field, f"{path.name} has a corrupt or truncated safetensors header",
                                     "the file is damaged; save or download it again")
         try:
             header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # bad UTF-8 or JSON, over-long numbers, absurd nesting
             raise ErasureInputError(field, f"{path.name} has a corrupt safetensors header (not JSON)",
                                     "the file is damaged or not safetensors; save it again as .safetensors") from None
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        end = max(end, info["data_offsets"][1])
+    end = _header_data_end(header, path, field)
     if 8 + header_len + end > size:
         raise ErasureInputError(field, f"{path.name} is truncated: its tensors need {8 + header_len + end} bytes but the "
                                 f"file has {size}", "the file is incomplete; save or download it again")
-    return header.get("__metadata__", {}) or {}
+    return header.get("__metadata__") or {}
+
+
+def _is_index(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _header_data_end(header, path: Path, field: str) -> int:
+    """Check the header's structure (JSON that parses can still be the wrong shape); return where the data ends."""
+    def corrupt(what: str) -> ErasureInputError:
+        return ErasureInputError(field, f"{path.name} has a corrupt safetensors header ({what})",
+                                 "the file is damaged or not safetensors; save or download it again")
+
+    if not isinstance(header, dict):
+        kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(header), "number")
+        raise corrupt(f"a JSON {kind} instead of an object")
+    end = 0
+    for key, info in header.items():
+        name = reprlib.repr(key)  # a damaged header can hold very long names and values: quote them short
+        if key == "__metadata__":
+            if info is not None and not (isinstance(info, dict)
+                                         and all(isinstance(v, str) for v in info.values())):
+                raise corrupt("__metadata__ must map strings to strings")
+            continue
+        if not isinstance(info, dict):
+            raise corrupt(f"tensor {name} is not described by an object")
+        offsets, shape = info.get("data_offsets"), info.get("shape")
+        if not isinstance(info.get("dtype"), str):
+            raise corrupt(f"tensor {name} has no dtype string")
+        if not (isinstance(shape, list) and all(_is_index(d) for d in shape)):
+            raise corrupt(f"tensor {name} has an invalid shape {reprlib.repr(shape)}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_index(o) for o in offsets)
+                and offsets[0] <= offsets[1]):
+            raise corrupt(f"tensor {name} has invalid data_offsets {reprlib.repr(offsets)}")
+        end = max(end, offsets[1])
+    return end
 
 
 @contextmanager
