@@ -41,8 +41,8 @@ def method_settings(task: str) -> dict[str, tuple[str, dict]]:
     return {
         "esd": ("esd", dict(common, group=esd_group, steps=300, lr=1e-4, eta=1.0, batch_size=16)),
         "dt": ("dt", demo_dt_options(concept)),  # the demo's settings
-        "cg": ("cg", dict(common, steps=300, lr=1e-3, batch_size=16)),
-        "cg_alt": ("cg", dict(common, alternatives=[alternative], steps=300, lr=1e-3, batch_size=16)),
+        "cg": ("cg", dict(common, steps=300, batch_size=16)),
+        "cg_alt": ("cg", dict(common, alternatives=[alternative], steps=300, batch_size=16)),
     }
 
 

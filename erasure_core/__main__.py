@@ -88,9 +88,8 @@ def demo_dt_options(concept: str = "circle", steps: int | None = None) -> dict:
     """The demo's DT erasure of a shape on the toy world (settings measured in the README)."""
     from .toyworld import evaluate as toy_eval
 
-    return dict(concepts=[concept], **toy_eval.toy_options([concept]), steps=steps or 300, lr=1e-4,
-                group="all", grid=4, batch_size=16, images_per_prompt=2, preserve_images_per_prompt=1,
-                preserve_weight=4.0, seed=0)
+    return dict(concepts=[concept], **toy_eval.toy_options([concept]), steps=steps or 300,
+                grid=4, batch_size=16, images_per_prompt=2, preserve_images_per_prompt=1, seed=0)
 
 
 def cmd_toy_eval(args) -> int:

@@ -21,8 +21,8 @@ from .errors import ErasureCancelled, ErasureError, ErasureInputError, NonFinite
 # tests check they match erasure_core.trainable.GROUPS and the methods' config defaults.
 GROUPS = ("cross_attn", "cross_attn_kv", "no_cross_attn", "all")
 METHOD_DEFAULTS = {
-    "dt": {"lr": 3e-4, "group": "all", "steps": 200},
-    "cg": {"lr": 1e-3, "group": "cross_attn", "steps": 200},
+    "dt": {"lr": 1e-4, "group": "all", "steps": 200},
+    "cg": {"lr": 5e-4, "group": "cross_attn", "steps": 200},
     "esd": {"lr": 1e-4, "group": "cross_attn", "steps": 200},
 }
 METHOD_HELP = (

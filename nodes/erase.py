@@ -102,7 +102,7 @@ class EraseConceptDT(io.ComfyNode):
             description="Erase a concept by teaching the model to draw scrambled noise for it (Degeneration-Tuning, "
                         "Ni et al. 2023), while preserve prompts keep their images. Needs the VAE.",
             inputs=[io.Model.Input("model"), io.Clip.Input("clip"), io.Vae.Input("vae"), *concept_inputs(),
-                    *training_inputs(200, 3e-4, "all"),
+                    *training_inputs(200, DTConfig.lr, DTConfig.group),
                     io.Int.Input("grid", default=4, min=2, max=32,
                                  tooltip="Scrambled grid size g (g×g patches); larger destroys more structure. "
                                          "Ignored when a dataset is connected (its own grid is used)."),
@@ -134,7 +134,7 @@ class EraseConceptCG(io.ComfyNode):
                     io.String.Input("alternative", multiline=True, default="",
                                     tooltip="What the concept's prompts should show instead, e.g. 'a cat' for 'a dog'. "
                                             "One line, or one per concept line. Empty: nothing specific."),
-                    *training_inputs(200, 1e-3, "cross_attn"),
+                    *training_inputs(200, CGConfig.lr, CGConfig.group),
                     io.Int.Input("trajectories_per_prompt", default=2, min=1, max=32,
                                  tooltip="Sampling runs of the original model per concept prompt used for training."),
                     io.Float.Input("drift_weight", default=1.0, min=0.0, max=100.0, step=0.1,

@@ -31,7 +31,7 @@ def test_demo_dt_erases_a_shape_and_preserves_the_rest(toy_model, judge, tmp_pat
 def test_cg_erases_and_the_alternative_takes_its_place(toy_model, judge, tmp_path):
     concept, alternative = "circle", "square"
     config = CGConfig(concepts=[concept], alternatives=[alternative], **toy_eval.toy_options([concept]), steps=200,
-                      lr=1e-3, batch_size=16)
+                      batch_size=16)
     r = run_erasure(toy_model, "cg", config, None, judge=judge, log=lambda m: None).report
     assert r["erased_rate_after"] <= 0.10, r
     assert r["alt_hit_rate_after"] >= 0.70, r

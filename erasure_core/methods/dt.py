@@ -26,10 +26,12 @@ class DTConfig(EraseConfig):
     grid: int = 4  # g x g patches; larger g destroys more structure (paper §3.2)
     images_per_prompt: int = 4  # frozen-model images per concept prompt (when none are supplied)
     concept_images: torch.Tensor | None = None  # (N, 3, H, W) in [0, 1]: the user's own concept images
-    preserve_weight: float = 1.0  # weight of the preservation term against the degeneration term
+    # Weight of the preservation term against the degeneration term. 4 (with lr 1e-4) kept the toy world's
+    # other prompts intact where 1 (lr 3e-4) lost 0.15 of their accuracy (README "Choosing the defaults").
+    preserve_weight: float = 4.0
     preserve_images_per_prompt: int = 2
     group: str = "all"  # the paper tunes the UNet as a whole
-    lr: float = 3e-4
+    lr: float = 1e-4
 
     def validate(self) -> None:
         super().validate()
