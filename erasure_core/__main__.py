@@ -60,6 +60,13 @@ def cmd_erase(args) -> int:
     print_report(out.report)
     if args.out:
         print(f"wrote {out.erasure_path}\nwrote {out.grid_path}\nwrote {out.report_path}")
+    if args.save_merged:
+        # A whole diffusers model with the erasure merged in: the form to distribute (a LoRA can be removed).
+        from .erasure_file import apply_erasure
+
+        merged = apply_erasure(model.unet, out.result.state_dict, metadata=out.result.metadata)
+        folder = model.with_unet(merged).save_pretrained(Path(args.save_merged))
+        print(f"wrote {folder} (merged model)")
     return 0
 
 
@@ -156,6 +163,8 @@ def main(argv=None) -> int:
     erase.add_argument("--preserve", dest="preserve_prompts", action="append", help="prompt to preserve (repeatable)")
     erase.add_argument("--template", dest="templates", action="append", help="concept prompt template with {}")
     erase.add_argument("--device", default="cpu")
+    erase.add_argument("--save-merged", dest="save_merged", metavar="DIR",
+                       help="also write a diffusers model folder with the erasure merged into its UNet")
     erase.set_defaults(fn=cmd_erase)
 
     ev = sub.add_parser("toyworld-eval", help="judge and generation accuracy of the toy world")

@@ -95,16 +95,20 @@ class DiffusersModel:
         clone.unet = unet
         return clone
 
-    def save_pretrained(self, folder: Path) -> None:
-        """Write a complete diffusers folder (e.g. a merged checkpoint after an erasure)."""
+    def save_pretrained(self, folder: Path) -> Path:
+        """Write a complete diffusers folder (e.g. a merged checkpoint after an erasure), atomically."""
         from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        from .safe_files import atomic_folder
 
         pipe = StableDiffusionPipeline(
             vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
             scheduler=DDIMScheduler.from_config(self.scheduler_config), safety_checker=None,
             feature_extractor=None, requires_safety_checker=False,
         )
-        pipe.save_pretrained(folder, safe_serialization=True)
+        with atomic_folder(Path(folder)) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        return Path(folder)
 
 
 def load_diffusers_model(path: str | Path, device: str | torch.device = "cpu", config: str | Path | None = None,

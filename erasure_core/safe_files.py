@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import reprlib
+import shutil
 import struct
 import tempfile
 from contextlib import contextmanager
@@ -106,4 +107,28 @@ def atomic_path(final: Path):
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_folder(final: Path):
+    """Like `atomic_path` for a folder (a diffusers model): written under a temporary name, then
+    swapped in, so an interrupted export never leaves a half-written model under the real name."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(final.parent, os.W_OK):
+        raise ErasureInputError("output", f"the folder {final.parent} is not writable",
+                                "choose a folder you can write to")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():  # replace an older export: move it aside first, drop it only after the swap
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise

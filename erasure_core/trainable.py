@@ -7,7 +7,7 @@ Parameter groups follow the erasure literature (names match both diffusers and l
 - no_cross_attn:  everything but cross-attention, time embedding and output layers (ESD-u)
 - all:            every Linear/Conv2d of the UNet
 The original UNet is never touched: training happens on a deep copy, full weights or LoRA
-adapters (peft) on the chosen modules.
+adapters (peft) on the chosen modules, optionally with gradient checkpointing on the copy.
 """
 from __future__ import annotations
 
@@ -48,14 +48,26 @@ def select_modules(unet: nn.Module, group: str) -> list[tuple[str, nn.Module]]:
     return chosen
 
 
-def make_trainable(unet: nn.Module, group: str, rank: int | None = None) -> tuple[nn.Module, list[nn.Parameter]]:
+def enable_checkpointing(tuned: nn.Module) -> None:
+    """diffusers' gradient checkpointing: activations are recomputed in the backward pass (less memory, slower)."""
+    if not hasattr(tuned, "enable_gradient_checkpointing"):
+        raise ErasureInputError("gradient checkpointing", f"this UNet ({type(tuned).__name__}) is not a diffusers UNet",
+                                "turn it off here; ComfyUI's nodes checkpoint their own UNet copy on GPU")
+    tuned.enable_gradient_checkpointing()
+
+
+def make_trainable(unet: nn.Module, group: str, rank: int | None = None,
+                   checkpointing: bool = False) -> tuple[nn.Module, list[nn.Parameter]]:
     """A trainable deep copy of `unet` and its trainable parameters (fp32 masters).
 
     rank=None trains the chosen weights themselves (a full delta); rank=r adds LoRA adapters
-    of rank r (peft) to the chosen modules and trains only those.
+    of rank r (peft) to the chosen modules and trains only those. `checkpointing` trades
+    speed for memory on the copy only; the original UNet is never changed.
     """
     names = [n for n, _ in select_modules(unet, group)]
     tuned = copy.deepcopy(unet).requires_grad_(False)
+    if checkpointing:
+        enable_checkpointing(tuned)
     if rank is None:
         params = []
         for name in names:

@@ -24,16 +24,23 @@ def check_schedule(steps: int, lr: float) -> None:
                                 "use e.g. 1e-4 (full weights) or 1e-3 (LoRA)")
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA (fp32 master weights stay in the optimiser); plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def autocast_for(device: torch.device, precision: str = "auto"):
+    """bf16 autocast (fp32 master weights stay in the optimiser) on CUDA, or anywhere with "bf16"; else fp32.
+
+    "auto" keeps CPU in fp32: bf16 on CPU pays off only for full-size UNets on CPUs with native
+    bf16 (avx512_bf16/AMX) and is slower on the toy world (bench/results/speed.md).
+    """
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
 def optimise(params: list[torch.nn.Parameter], loss_fn: Callable[[int], torch.Tensor], steps: int, lr: float,
              device: torch.device, progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
-             grad_clip: float = 1.0) -> list[float]:
+             grad_clip: float = 1.0, precision: str = "auto") -> list[float]:
     """Run `steps` AdamW steps on `params`; returns the loss of every step.
 
     Raises ErasureCancelled when `should_cancel()` turns true (checked before every step) and
@@ -47,7 +54,7 @@ def optimise(params: list[torch.nn.Parameter], loss_fn: Callable[[int], torch.Te
         if should_cancel is not None and should_cancel():
             raise ErasureCancelled(f"cancelled at step {step} of {steps}; nothing was changed or written")
         try:
-            with autocast_for(device):
+            with autocast_for(device, precision):
                 loss = loss_fn(step)
             value = float(loss.detach())
             if value != value or value in (float("inf"), float("-inf")):

@@ -88,3 +88,19 @@ def test_progress_reports_every_step(toy_model):
                                  images_per_prompt=1, preserve_images_per_prompt=1, sample_steps=4),
              progress=lambda s, n, loss: seen.append((s, n, loss)))
     assert [s for s, _, _ in seen] == [1, 2, 3, 4] and all(n == 4 and loss > 0 for _, n, loss in seen)
+
+
+def test_merged_model_export_reproduces_the_erasure(toy_model, tmp_path):
+    """`erase --save-merged DIR`: a plain diffusers folder whose UNet predicts what the tuned one does."""
+    from erasure_core.__main__ import main
+    from erasure_core.model import load_diffusers_model
+
+    code = main(["erase", "--method", "cg", "--concept", "circle", "--steps", "2", "--rank", "2",
+                 "--out", str(tmp_path / "out"), "--save-merged", str(tmp_path / "merged")])
+    assert code == 0
+    merged = load_diffusers_model(tmp_path / "merged")
+    sd, meta = load_erasure(tmp_path / "out" / "erase_circle_cg.safetensors")
+    applied = apply_erasure(toy_model.unet, sd, metadata=meta)
+    assert torch.allclose(_eps(toy_model, merged.unet), _eps(toy_model, applied), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(_eps(toy_model, merged.unet), _eps(toy_model, toy_model.unet), atol=1e-6)
+    assert not list(tmp_path.glob(".merged*"))  # no temporary folder left behind

@@ -11,6 +11,7 @@ from torch import nn
 from .. import erasure_file
 from ..errors import ErasureInputError
 from ..trainable import GROUPS, lora_layers, weight_deltas
+from ..training import PRECISIONS
 
 # Generic prompt templates for a concept in a real model; "{}" is the concept.
 DEFAULT_TEMPLATES = ("{}", "a photo of {}", "a painting of {}", "an image of {}", "a picture of {}, detailed")
@@ -33,6 +34,11 @@ class EraseConfig:
     batch_size: int = 8
     sample_steps: int = 25  # DDIM steps for the frozen model's own images/trajectories
     guidance: float = 7.5  # SD1.x's usual CFG; the toy world uses 1.5 (toyworld.evaluate.toy_options)
+    # Speed/memory (bench/results/speed.md). checkpointing: recompute activations in the backward pass, less
+    # memory for 1.2-1.6x the step time. precision: "auto" is bf16 autocast on CUDA and fp32 on CPU; "bf16" also
+    # on CPU (faster for full-size models on CPUs with native bf16, slower on the toy world); fp32 masters always.
+    checkpointing: bool = False
+    precision: str = "auto"
 
     def validate(self) -> None:
         if isinstance(self.concepts, str):
@@ -60,6 +66,9 @@ class EraseConfig:
         if self.rank is not None and (not isinstance(self.rank, int) or self.rank < 1):
             raise ErasureInputError("rank", f"must be a whole number ≥ 1, got {self.rank!r}",
                                     "use e.g. 4, or leave it empty to train full weights")
+        if self.precision not in PRECISIONS:
+            raise ErasureInputError("precision", f"unknown precision {self.precision!r}",
+                                    f"use one of {', '.join(PRECISIONS)}")
         if self.batch_size < 1:
             raise ErasureInputError("batch size", f"must be at least 1, got {self.batch_size}", "use e.g. 8")
 

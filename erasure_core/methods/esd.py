@@ -47,7 +47,7 @@ def erase_esd(model: DiffusionModel, config: ESDConfig, progress: ProgressFn | N
     eps_uncond = frozen_predictions(model, cache, model.encode_text([""]).expand(len(prompts), -1, -1))
     target = eps_uncond - config.eta * (eps_concept - eps_uncond)
 
-    tuned, params = make_trainable(model.unet, config.group, config.rank)
+    tuned, params = make_trainable(model.unet, config.group, config.rank, config.checkpointing)
     tuned.train()
 
     def loss_fn(step: int) -> torch.Tensor:
@@ -55,5 +55,6 @@ def erase_esd(model: DiffusionModel, config: ESDConfig, progress: ProgressFn | N
         ctx = concept_ctx[cache.prompt_index[i].to(concept_ctx.device)]
         return esd_loss(model, tuned, cache.x_t[i], cache.t[i].to(model.device), ctx, target[i])
 
-    losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel)
+    losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
+                      precision=config.precision)
     return finish("esd", config, model.unet, tuned, losses, started)

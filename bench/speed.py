@@ -1,0 +1,469 @@
+"""One command, one table: each method's training step against a plain diffusers training loop.
+
+    python bench/speed.py [--out DIR] [--quick] [--compile]
+
+Writes DIR/speed.json and DIR/speed.md (default DIR: bench/results). Every row runs in its own
+subprocess, so its peak memory (CUDA peak allocated on a GPU, peak RSS on CPU) is its own.
+Worlds:
+- toy:  the toy world (16x16x4 latents) on CPU, each method with the settings bench/quality.py
+        uses, run to a finished erasure (300 steps);
+- sd15: a full-size SD1.5-shaped model with RANDOM weights (nothing is downloaded): the SD1.5
+        UNet and VAE configs, a stub text encoder returning random (N, 77, 768) contexts. 256 px
+        on CPU for a few steps; 512 px on a GPU when there is one.
+The plain loop is the one in diffusers' examples/text_to_image/train_text_to_image.py
+(add_noise, unet(...).sample, F.mse_loss, AdamW with default settings, backward, clip, step,
+zero_grad) on the same model, batch, precision and trainable weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import torch
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH))
+
+# What one step of each loop does: (UNet rows trained, forward+backward, per batch element; in words).
+STEP_WORK = {
+    "plain": (1, "1 row forward+backward"),
+    "esd": (1, "1 row forward+backward (targets cached before training)"),
+    "cg": (3, "3 rows forward+backward in one call: concept, unconditional, preserve (targets cached)"),
+    "dt": (2, "VAE encode of 1 scrambled image + 2 rows forward+backward in one call (concept, preserve) "
+              "+ 1 row frozen forward (the preserve target)"),
+}
+SD15_UNET = dict(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, in_channels=4, out_channels=4,
+                 layers_per_block=2, attention_head_dim=8,
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2,
+                scaling_factor=0.18215)
+
+
+# -- models -------------------------------------------------------------------------------------
+
+def random_sd15_modules(pixels: int, weights: Path | None = None):
+    """SD1.5-shaped UNet and VAE: random (seed 0), or the random weights saved in `weights` by an earlier row."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    if weights is None:
+        torch.manual_seed(0)
+        return UNet2DConditionModel(sample_size=pixels // 8, **SD15_UNET), AutoencoderKL(sample_size=pixels, **SD15_VAE)
+    with torch.device("meta"):  # no initialisation: every weight comes from the file
+        unet = UNet2DConditionModel(sample_size=pixels // 8, **SD15_UNET)
+        vae = AutoencoderKL(sample_size=pixels, **SD15_VAE)
+    unet.load_state_dict(load_file(weights / "unet.safetensors"), assign=True)
+    vae.load_state_dict(load_file(weights / "vae.safetensors"), assign=True)
+    return unet, vae
+
+
+def save_random_sd15(folder: Path) -> Path:
+    """Random SD1.5 weights, made once per run so that every row trains the very same model."""
+    from safetensors.torch import save_file
+
+    unet, vae = random_sd15_modules(256)
+    save_file(unet.state_dict(), str(folder / "unet.safetensors"))
+    save_file(vae.state_dict(), str(folder / "vae.safetensors"))
+    return folder
+
+
+def sd15_model(device: str, pixels: int, weights: Path | None = None):
+    """An SD1.5-shaped DiffusersModel with random weights; its text encoder is a stub (speed only)."""
+    from erasure_core.model import DiffusersModel
+    from erasure_core.toyworld import MODEL_DIR
+
+    class RandomTextModel(DiffusersModel):
+        def encode_text(self, prompts):  # a fixed random (77, 768) context per prompt: CLIP's output shape
+            rows = [torch.randn(77, 768, generator=torch.Generator().manual_seed(zlib.crc32(p.encode())))
+                    for p in prompts]
+            return torch.stack(rows).to(self.device)
+
+    unet, vae = random_sd15_modules(pixels, weights)
+    scheduler = json.loads((MODEL_DIR / "scheduler" / "scheduler_config.json").read_text())  # SD1.5's DDIM schedule
+    return RandomTextModel(unet=unet.to(device), vae=vae.to(device), text_encoder=torch.nn.Identity(), tokenizer=None,
+                           scheduler_config=scheduler, device=torch.device(device), source="random SD1.5-shaped")
+
+
+def build_model(world: str, device: str, pixels: int, weights: str | None = None):
+    if world == "toy":
+        from erasure_core.model import load_diffusers_model
+        from erasure_core.toyworld import MODEL_DIR
+
+        return load_diffusers_model(MODEL_DIR, device=device)
+    return sd15_model(device, pixels, Path(weights) if weights else None)
+
+
+# -- the two loops ------------------------------------------------------------------------------
+
+def plain_diffusers_loop(model, group: str, batch: int, steps: int, precision: str, on_step) -> None:
+    """diffusers' train_text_to_image.py loop, on precomputed latents and text embeddings.
+
+    Only `group`'s weights train (requires_grad), so it does the same backward work as a method
+    on that group; everything else is the example's code with its default settings.
+    """
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+
+    from erasure_core.trainable import select_modules
+    from erasure_core.training import autocast_for
+
+    unet = model.unet
+    unet.requires_grad_(False)
+    params = [p for _, m in select_modules(unet, group) for p in m.parameters(recurse=False)]
+    for p in params:
+        p.requires_grad_(True)
+    unet.train()
+    noise_scheduler = DDPMScheduler.from_config(model.scheduler_config)
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    latents_pool = torch.randn(4 * batch, *model.latent_shape, generator=gen).to(model.device)
+    context_pool = model.encode_text([f"prompt {i}" for i in range(4 * batch)])
+    train_loss = 0.0
+    for _ in range(steps):
+        pick = torch.randint(len(latents_pool), (batch,), generator=gen).to(model.device)
+        latents, encoder_hidden_states = latents_pool[pick], context_pool[pick]
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), device=model.device).long()
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        with autocast_for(model.device, precision):
+            model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+        loss = F.mse_loss(model_pred.float(), noise.float(), reduction="mean")
+        train_loss += loss.item()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        on_step()
+
+
+def method_options(world: str, method: str, latent_side: int, batch: int, steps: int, short_setup: bool) -> dict:
+    """The method's options: bench/quality.py's on the toy world; a minimal setup on the full-size model."""
+    if world == "toy":
+        from quality import method_settings
+
+        options = dict(method_settings("object")[method][1], steps=steps, batch_size=batch)
+        if short_setup:  # option rows time the step only: sample less before training
+            options.update(templates={"circle": options["templates"]["circle"][:3]}, sample_steps=5)
+        return options
+    # Full size: one prompt and one DDIM step of sampling before training (the step is what is timed).
+    options = dict(concepts=["a cat"], templates=["{}"], preserve_prompts=["a dog"], sample_steps=1, steps=steps,
+                   batch_size=batch)
+    if method in ("cg", "esd"):
+        options["trajectories_per_prompt"] = 1
+    if method == "dt":  # one given concept image (not sampled); one sampled preserve image, of "" (DT always adds it)
+        options.update(concept_images=torch.rand(1, 3, 8 * latent_side, 8 * latent_side), preserve_prompts=[],
+                       preserve_images_per_prompt=1)
+    return options
+
+
+def patch_trainable(variant: str) -> None:
+    """Bench-only variants that are not library options (measured, then left out): wrap make_trainable."""
+    from erasure_core.methods import cg, dt, esd
+
+    make = dt.make_trainable
+
+    def wrapped(unet, group, rank=None, checkpointing=False):
+        tuned, params = make(unet, group, rank, checkpointing)
+        if variant == "channels_last":
+            tuned = tuned.to(memory_format=torch.channels_last)
+        if variant == "compile":
+            tuned = torch.compile(tuned)
+        return tuned, params
+
+    for module in (cg, dt, esd):
+        module.make_trainable = wrapped
+
+
+def process_memory(field: str) -> int:
+    """VmHWM (peak RSS) or VmRSS of this process, in bytes. Not ru_maxrss: Linux carries that high-water mark
+    over from the parent across fork and exec, so a row would inherit the bench's own peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_memory(device: str) -> int:
+    return torch.cuda.max_memory_allocated() if device == "cuda" else process_memory("VmHWM")
+
+
+def measure(spec: dict) -> dict:
+    """One row, in this process: step times, setup and total seconds, peak memory."""
+    device = spec["device"]
+    rss_before = process_memory("VmRSS")
+    model = build_model(spec["world"], device, spec["pixels"], spec.get("weights"))
+    stamps = []
+
+    def on_step(*_):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    options = spec.get("options", {})
+    if spec["loop"] == "plain":
+        plain_diffusers_loop(model, spec["group"], spec["batch"], spec["steps"], options.get("precision", "auto"),
+                             on_step)
+    else:
+        from erasure_core.methods import METHODS
+
+        if spec.get("variant"):
+            patch_trainable(spec["variant"])
+        config_cls, erase = METHODS[spec["loop"]]
+        opts = method_options(spec["world"], spec["loop"], model.latent_shape[1], spec["batch"], spec["steps"],
+                              spec["short_setup"])
+        opts.update(group=spec["group"], **options)
+        erase(model, config_cls(**opts), progress=on_step)
+    total = time.perf_counter() - started
+    step_times = [b - a for a, b in zip(stamps, stamps[1:])]  # the first step (warm-up) is left out
+    return {"step_s": statistics.median(step_times), "steps_timed": len(step_times),
+            "step_s_min_max": [min(step_times), max(step_times)], "total_s": total,
+            "first_step_at_s": stamps[0] - started, "peak_bytes": peak_memory(device),
+            "attention": sorted({type(p).__name__ for p in model.unet.attn_processors.values()}),
+            "process_bytes_before_model": rss_before if device == "cpu" else 0}
+
+
+def run_row(spec: dict, log) -> dict:
+    """`measure(spec)` in a fresh subprocess (its own memory peak); the spec plus what it measured."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--row", json.dumps(spec)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("ROW ")]
+    if done.returncode != 0 or not lines:
+        row = {**spec, "error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    else:
+        row = {**spec, **json.loads(lines[-1][4:])}
+    row.pop("weights", None)
+    log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+    return row
+
+
+# -- what is run ----------------------------------------------------------------------------------
+
+TOY_GROUPS = {"esd": "no_cross_attn", "cg": "cross_attn", "dt": "all"}  # bench/quality.py's object task
+
+
+def main_specs(device: str, quick: bool) -> list[dict]:
+    """Each method and the plain loop on the same group, batch and precision."""
+    specs = []
+    if device == "cpu":
+        toy_steps = 20 if quick else 300
+        for method, group in TOY_GROUPS.items():
+            common = dict(world="toy", device="cpu", pixels=32, group=group, batch=16, short_setup=quick)
+            specs.append(dict(common, loop=method, steps=toy_steps))
+            specs.append(dict(common, loop="plain", steps=min(toy_steps, 40)))
+        # Full size on CPU: every row trains the cross_attn group (DT's default "all" at full weights needs
+        # two UNet copies + grads + two AdamW moments, ~21 GB): same trainable weights as the plain row.
+        common = dict(world="sd15", device="cpu", pixels=256, group="cross_attn", batch=1, short_setup=True)
+        for loop in ("plain", "esd", "cg", "dt"):
+            specs.append(dict(common, loop=loop, steps=3 if quick else 4))
+    else:
+        # Each method's own default group; one plain row per group.
+        for loop, group in (("plain", "cross_attn"), ("esd", "cross_attn"), ("cg", "cross_attn"), ("plain", "all"),
+                            ("dt", "all")):
+            specs.append(dict(world="sd15", device="cuda", pixels=512, group=group, batch=4, short_setup=True,
+                              loop=loop, steps=12))
+    return specs
+
+
+def option_specs(device: str, quick: bool, with_compile: bool) -> list[dict]:
+    """The speed/memory options; each is compared with the main row of the same world, loop and group."""
+    if device != "cpu":
+        return []
+    specs = []
+    # "shipped" rows are controls run next to the options: rows minutes apart differ by noise on a shared CPU.
+    shipped, lora = ("shipped", {}, ""), ("LoRA rank 4", {"rank": 4}, "")
+    variants = {"cg": [shipped, lora],
+                "dt": [shipped, lora, ("checkpointing", {"checkpointing": True}, ""),
+                       ("bf16 autocast", {"precision": "bf16"}, ""),
+                       ("channels_last (bench only)", {}, "channels_last")]}
+    for method, group in TOY_GROUPS.items():
+        common = dict(world="toy", device="cpu", pixels=32, loop=method, group=group, batch=16,
+                      steps=8 if quick else 15, short_setup=True)
+        extra = [("torch.compile (bench only)", {}, "compile")] if with_compile else []
+        for name, options, variant in variants.get(method, []) + extra:
+            specs.append(dict(common, option=name, options=options, variant=variant))
+    common = dict(world="sd15", device="cpu", pixels=256, group="cross_attn", batch=1, steps=3 if quick else 4,
+                  short_setup=True)
+    specs += [dict(common, loop="esd", option="bf16 autocast", options={"precision": "bf16"}),
+              dict(common, loop="plain", option="bf16 autocast", options={"precision": "bf16"})]
+    return specs
+
+
+# -- report -------------------------------------------------------------------------------------
+
+def device_info(device: str) -> dict:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor() or platform.machine())
+    info = {"cpu": cpu, "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "platform": platform.platform()}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    import diffusers
+
+    info["diffusers"] = diffusers.__version__
+    return info
+
+
+def add_rates(rows: list[dict]) -> None:
+    """steps/s, trained rows/s, and the ratio to the plain row of the same world, group and precision."""
+    for r in rows:
+        if "error" in r:
+            continue
+        trained = STEP_WORK[r["loop"]][0] * r["batch"]
+        r["steps_per_s"] = 1 / r["step_s"]
+        r["trained_rows_per_s"] = trained / r["step_s"]
+    for r in rows:
+        plain = next((p for p in rows if p["loop"] == "plain" and "error" not in p and "error" not in r
+                      and all(p[k] == r[k] for k in ("world", "group", "batch", "device"))
+                      and p.get("options", {}).get("precision") == r.get("options", {}).get("precision")), None)
+        if plain is not None and r["loop"] != "plain":
+            r["ratio_steps"] = r["steps_per_s"] / plain["steps_per_s"]
+            r["ratio_rows"] = r["trained_rows_per_s"] / plain["trained_rows_per_s"]
+
+
+def same_setting(row: dict, other: dict) -> bool:
+    return "error" not in row and all(row[k] == other[k] for k in ("world", "loop", "group", "batch"))
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f}"
+
+
+def main_table(rows: list[dict], world: str, device: str = "cpu") -> list[str]:
+    lines = ["| loop | group | batch | step (ms) | steps/s | trained rows/s | ÷ plain (steps/s) | ÷ plain (rows/s) "
+             "| peak mem (GiB) | finished erasure (s) |", "|" + "---|" * 10]
+    for r in (r for r in rows if r["world"] == world and r["device"] == device):
+        if "error" in r:
+            lines.append(f"| {r['loop']} | {r['group']} | {r['batch']} | error: {r['error']} |" + " |" * 6)
+            continue
+        finished = f"{r['total_s']:.1f} ({r['steps']} steps)" if world == "toy" and r["loop"] != "plain" else "—"
+        if world == "sd15" and r["loop"] != "plain":  # the setup was cut short; project the shipped 200 steps
+            finished = f"~{200 * r['step_s']:.0f} (training only, 200 steps projected)"
+        lines.append(f"| {r['loop']} | {r['group']} | {r['batch']} | {1000 * r['step_s']:.0f} | {r['steps_per_s']:.2f} "
+                     f"| {r['trained_rows_per_s']:.1f} | {r.get('ratio_steps', 1.0):.2f} "
+                     f"| {r.get('ratio_rows', 1.0):.2f} | {gib(r['peak_bytes'])} | {finished} |")
+    return lines
+
+
+def option_table(rows: list[dict]) -> list[str]:
+    lines = ["| world | loop | group | option | step (ms) | vs shipped | ÷ plain (rows/s) | peak mem (GiB) |",
+             "|" + "---|" * 8]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['world']} | {r['loop']} | {r['group']} | {r['option']} | error: {r['error']} | | | |")
+            continue
+        base = r.get("baseline")
+        versus = f"{base['step_s'] / r['step_s']:.2f}x" if base and r["loop"] != "plain" else "—"
+        plain = f"{r['ratio_rows']:.2f}" if "ratio_rows" in r else "—"
+        lines.append(f"| {r['world']} | {r['loop']} | {r['group']} | {r['option']} | {1000 * r['step_s']:.0f} "
+                     f"| {versus} | {plain} | {gib(r['peak_bytes'])} |")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    d, rows = report["device"], report["rows"]
+    lines = [f"Measured by `{report['command']}` in {report['seconds']:.0f} s on {d['cpu']} ({d['cpu_threads']} torch "
+             f"threads{', ' + d['gpu'] if 'gpu' in d else ''}), torch {d['torch']}, diffusers {d['diffusers']}. "
+             "Each row is a fresh subprocess; step time is the median over the steps after the first. Rows run "
+             "one after another on a shared CPU, so differences of ~10% between two rows can be noise.", "",
+             "A **step** is one optimiser update at the given batch. Rows per batch element in one step:", ""]
+    lines += [f"- `{k}`: {v[1]}" for k, v in STEP_WORK.items()]
+    lines += ["", "**trained rows/s** = UNet rows that get a forward+backward per second (batch × rows per element "
+              "÷ step time): the fair unit when a method's step does more UNet work than the plain loop's. "
+              "**÷ plain** compares with the plain diffusers loop on the same world, trainable group, batch and "
+              "precision (the loop of diffusers' examples/text_to_image/train_text_to_image.py on precomputed "
+              "latents and text embeddings; AdamW with default settings; clip_grad_norm 1.0). "
+              "Peak memory: peak RSS of the row's process on CPU (includes "
+              f"~{gib(statistics.median(r.get('process_bytes_before_model', 0) for r in rows if 'error' not in r))} "
+              "GiB of Python + torch + diffusers before any model), CUDA peak allocated on GPU.", ""]
+    if any(r["world"] == "toy" for r in rows):
+        lines += ["### Toy world on CPU (fp32)", "",
+                  "bench/quality.py's object-task settings (erase 'circle', batch 16); 'finished erasure' is the wall "
+                  "time of the whole erase_* call: sampling the frozen model's images/trajectories, training, "
+                  "packaging the result.", ""]
+        lines += main_table(rows, "toy") + [""]
+    if any(r["world"] == "sd15" and r["device"] == "cpu" for r in rows):
+        lines += ["### Full-size SD1.5-shaped UNet on CPU (fp32, 256 px = 32x32 latents, random weights)", "",
+                  "UNet2DConditionModel with SD1.5's config (320/640/1280/1280, cross-attention 768, 860M parameters) "
+                  "and SD1.5's VAE config, random weights. The text encoder is a **stub** returning random "
+                  "(N, 77, 768) contexts: fine for timing, meaningless for erasing. Every row trains the cross_attn "
+                  "group (full weights; DT's default 'all' would need ~21 GB here). Setup is cut to one prompt, "
+                  "one DDIM step and (DT) one given concept image, so only the step times mean anything; the "
+                  "finished-erasure column projects the default 200 steps from the step time.", ""]
+        lines += main_table(rows, "sd15") + [""]
+    lines += ["### Full-size SD1.5-shaped UNet on GPU (512 px, bf16 autocast, fp32 masters)", "",
+              report["gpu_note"], ""]
+    if any(r["device"] == "cuda" for r in rows):
+        lines += main_table(rows, "sd15", "cuda") + [""]
+    if report["option_rows"]:
+        lines += ["### Speed and memory options (CPU)", "",
+                  "Each option against the 'shipped' control row run next to it (full-size: the main row above); "
+                  "'vs shipped' > 1 = faster. Toy rows: "
+                  f"{report['option_rows'][0]['steps']} steps with a short setup; full-size rows as above. "
+                  "'bench only' options are not library options: they were measured and left out.", ""]
+        lines += option_table(report["option_rows"]) + [""]
+    notes = BENCH / "speed_decisions.md"
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(BENCH / "results"))
+    parser.add_argument("--quick", action="store_true", help="few steps everywhere (for development)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compiling)")
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one row in this process
+    args = parser.parse_args(argv)
+    if args.row:
+        print("ROW " + json.dumps(measure(json.loads(args.row))), flush=True)
+        return 0
+    started = time.time()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    specs, option = main_specs(device, args.quick), option_specs(device, args.quick, args.compile)
+    with tempfile.TemporaryDirectory(prefix="speed_sd15_") as weights:
+        if any(s["world"] == "sd15" for s in specs + option):
+            save_random_sd15(Path(weights))
+        rows = [run_row(dict(s, weights=weights), log) for s in specs]
+        option_rows = [run_row(dict(s, weights=weights), log) for s in option]
+    for r in option_rows:  # an option's baseline: its "shipped" control row, else the main row of its loop
+        r["baseline"] = next((m for m in option_rows if m.get("option") == "shipped" and same_setting(m, r)),
+                             next((m for m in rows if same_setting(m, r)), None))
+    add_rates(rows)
+    add_rates(option_rows)
+    command = "python bench/speed.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    gpu_note = ("GPU half not run: no GPU available (torch.cuda.is_available() is False); on a GPU the same "
+                "command times each method and the plain loop at 512 px in bf16 autocast." if device == "cpu"
+                else f"Run on {torch.cuda.get_device_name()}: random weights and stub text encoder as on CPU, "
+                "batch 4, each method on its own default group.")
+    report = {"command": command, "device": device_info(device), "seconds": time.time() - started,
+              "gpu_note": gpu_note, "rows": rows,
+              "option_rows": [{k: v for k, v in r.items() if k != "baseline"} for r in option_rows]}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from erasure_core.jobs import write_json
+
+    write_json(out / "speed.json", report)
+    report["option_rows"] = option_rows  # markdown needs the baselines; the json keeps only the measured rows
+    (out / "speed.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The speed options change how fast a loss is computed, never what it is."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from erasure_core.errors import ErasureInputError
+from erasure_core.methods.cg import PreserveRows, cg_loss
+from erasure_core.methods.common import add_noise
+from erasure_core.methods.dt import DTConfig, dt_loss, erase_dt
+from erasure_core.trainable import make_trainable
+
+
+def _quick_dt(model, **kw):
+    return erase_dt(model, DTConfig(concepts=["circle"], templates=["a red solid {}"], steps=3, lr=1e-3, batch_size=2,
+                                    images_per_prompt=1, preserve_images_per_prompt=1, sample_steps=4,
+                                    preserve_prompts=["a blue square"], **kw))
+
+
+def _rows(model, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, *model.latent_shape, generator=g), torch.randint(0, 1000, (n,), generator=g),
+            model.encode_text(["a red solid circle", "a blue square", "", "a green dotted cross"][:n]))
+
+
+def test_dt_loss_in_one_call_equals_one_call_per_term(toy_model):
+    tuned, _ = make_trainable(toy_model.unet, "all")
+    z0, t, ctx = _rows(toy_model, 4, 0)
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(1))
+    x_t = add_noise(toy_model.alphas_cumprod, z0, noise, t)
+    with torch.no_grad():
+        degenerate = F.mse_loss(toy_model.predict_noise(tuned, x_t[:2], t[:2], ctx[:2]), noise[:2])
+        target = toy_model.predict_noise(toy_model.unet, x_t[2:], t[2:], ctx[2:])
+        preserve = F.mse_loss(toy_model.predict_noise(tuned, x_t[2:], t[2:], ctx[2:]), target)
+        joint = dt_loss(toy_model, tuned, z0, ctx, noise, t, 2, 4.0)
+    assert torch.allclose(joint, degenerate + 4.0 * preserve, rtol=1e-5, atol=1e-7)
+
+
+def test_cg_loss_in_one_call_equals_one_call_per_term(toy_model):
+    tuned, _ = make_trainable(toy_model.unet, "cross_attn")
+    x_t, t, ctx = _rows(toy_model, 2, 0)
+    kx, kt, kctx = _rows(toy_model, 2, 1)
+    uncond = toy_model.encode_text(["", ""])
+    target, frozen_uncond, keep_eps = (torch.randn(2, *toy_model.latent_shape) for _ in range(3))
+    eps = lambda x, tt, c: toy_model.predict_noise(tuned, x, tt, c)  # noqa: E731
+    with torch.no_grad():
+        separate = (F.mse_loss(eps(x_t, t, ctx) - eps(x_t, t, uncond), target)
+                    + 0.5 * F.mse_loss(eps(x_t, t, uncond), frozen_uncond)
+                    + 10 * F.mse_loss(eps(kx, kt, kctx), keep_eps))
+        joint = cg_loss(toy_model, tuned, x_t, t, ctx, uncond, target, frozen_uncond, 0.5,
+                        PreserveRows(kx, kt, kctx, keep_eps), 10.0)
+    assert torch.allclose(joint, separate, rtol=1e-5, atol=1e-7)
+
+
+def test_checkpointing_gives_the_same_erasure(toy_model):
+    plain, checkpointed = _quick_dt(toy_model), _quick_dt(toy_model, checkpointing=True)
+    assert plain.losses == pytest.approx(checkpointed.losses, rel=1e-4)
+    assert checkpointed.tuned_unet.is_gradient_checkpointing and not toy_model.unet.is_gradient_checkpointing
+
+
+def test_bf16_on_cpu_trains(toy_model):
+    result = _quick_dt(toy_model, precision="bf16")
+    assert all(loss == loss and loss > 0 for loss in result.losses)
+
+
+def test_unknown_precision_is_refused(toy_model):
+    with pytest.raises(ErasureInputError, match="precision"):
+        _quick_dt(toy_model, precision="fp8")
