@@ -47,7 +47,7 @@ def test_kohya_keys_and_metadata(toy_model, tmp_path):
     key = module_key(name)
     assert key == "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
     assert {f"{key}.lora_down.weight", f"{key}.lora_up.weight", f"{key}.alpha"} <= keys
-    assert all(".attn2_" in k for k in keys)  # cross-attention only
+    assert all("_attn2_to_" in k for k in keys)  # cross-attention only
     assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
     assert meta["ss_base_model_version"] == "sd_v1"
     full = _quick_dt(toy_model, group="cross_attn_kv").save(tmp_path / "f.safetensors")
