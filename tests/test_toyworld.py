@@ -49,13 +49,13 @@ def test_sampling_is_deterministic_for_a_seed(toy_model):
 
 
 def test_generation_accuracy_stays_above_the_bar(toy_model, judge):
-    """Regression guard on one seed per scene (48 images).
+    """Regression guard on the README's table: two seeds per scene (96 images, the same set).
 
     Shape and style meet the 90% bar. Colour does not quite: the shipped model mixes up green
     with red/blue now and then (0.885 on the README's 96-sample table, judge verified by eye), so
     its guard sits at 85% and the README reports the miss.
     """
     bars = {"gen_shape_acc": 0.90, "gen_color_acc": 0.85, "gen_style_acc": 0.90}
-    acc = generation_accuracy(toy_model, judge, seeds_per_scene=1)
+    acc = generation_accuracy(toy_model, judge, seeds_per_scene=2)  # one seed is too noisy: fill 0.85
     for key, bar in bars.items():
         assert acc[key] >= bar, (key, acc[key])
