@@ -15,45 +15,19 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DONE_PREFIXES = ("Done", "Error", "Cancelled", "Training")
 
-
-def chromium_path() -> str:
-    path = os.environ.get("CE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path or not os.access(path, os.X_OK):
-        sys.exit("Chromium is not installed (apt-get install -y chromium, or set CE_CHROMIUM)")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_http(url: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the app exited with {process.returncode} before answering")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"the app did not answer on {url} within {timeout:.0f} s")
+sys.path.insert(0, str(ROOT / "tests"))
+from browser_support import CHROMIUM_ARGS, chromium_path, free_port, stop, wait_for_http  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from erasure_core.safe_files import atomic_path  # noqa: E402
 
 
 def png_bytes(raw: bytes, max_bytes: int) -> bytes:
@@ -78,7 +52,8 @@ def drive(url: str, args) -> bytes:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=chromium_path() or sys.exit(
+            "Chromium is not installed (apt-get install -y chromium, or set CE_CHROMIUM)"), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
             page.set_default_timeout(60_000)
@@ -163,23 +138,12 @@ def main(argv=None) -> int:
                 print(log_path.read_text()[-3000:], file=sys.stderr)
                 raise
             finally:
-                process.terminate()
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop(process)
 
     data = png_bytes(raw, args.max_kb * 1024)
-    fd, part = tempfile.mkstemp(prefix=".app.", suffix=".png.part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+    with atomic_path(target) as part:
+        part.write_bytes(data)
         os.chmod(part, 0o644)
-        os.replace(part, target)
-    except BaseException:
-        Path(part).unlink(missing_ok=True)
-        raise
     print(f"wrote {target} ({len(data) // 1024} KB)")
     return 0
 

@@ -7,45 +7,17 @@ with the reason otherwise.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from browser_support import CHROMIUM_ARGS, chromium_path, free_port, stop, wait_for_http
 from test_app_ui import toy_model_dir
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def chromium_path() -> str | None:
-    path = os.environ.get("CE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    return path if path and os.access(path, os.X_OK) else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_http(url: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the app exited with {process.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"the app did not answer on {url} within {timeout} s")
 
 
 @pytest.fixture
@@ -63,11 +35,7 @@ def app(tmp_path):
         wait_for_http(f"http://127.0.0.1:{port}/", process, timeout=300)
         yield f"http://127.0.0.1:{port}/", out
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         log.close()
         print((tmp_path / "app.log").read_text()[-3000:])
 
