@@ -58,7 +58,9 @@ def cg_loss(model: DiffusionModel, tuned, x_t, t, concept_ctx, uncond_ctx, targe
     each term is the mean over its own rows, so this equals one call per term, and is faster.
     """
     # rows: concept, unconditional (same x_t), then the preserve points; one column each of x_t, t, context
-    rows = [(x_t, t, concept_ctx), (x_t, t, uncond_ctx)] + ([(keep.x_t, keep.t, keep.context)] if keep is not None else [])
+    rows = [(x_t, t, concept_ctx), (x_t, t, uncond_ctx)]
+    if keep is not None:
+        rows.append((keep.x_t, keep.t, keep.context))
     eps = model.predict_noise(tuned, *(torch.cat(column) for column in zip(*rows))).float()
     b = len(x_t)
     eps_concept, eps_uncond, eps_keep = eps[:b], eps[b:2 * b], eps[2 * b:]
