@@ -39,8 +39,8 @@ STEP_WORK = {
     "plain": (1, "1 row forward+backward"),
     "esd": (1, "1 row forward+backward (targets cached before training)"),
     "cg": (3, "3 rows forward+backward in one call: concept, unconditional, preserve (targets cached)"),
-    "dt": (2, "VAE encode of 1 scrambled image + 2 rows forward+backward in one call (concept, preserve) "
-              "+ 1 row frozen forward (the preserve target)"),
+    "dt": (2, "2 rows forward+backward in one call: scrambled concept, preserve (scrambles encoded and "
+              "preserve targets cached before training)"),
 }
 SD15_UNET = dict(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, in_channels=4, out_channels=4,
                  layers_per_block=2, attention_head_dim=8,
@@ -162,9 +162,9 @@ def method_options(world: str, method: str, latent_side: int, batch: int, steps:
                    batch_size=batch)
     if method in ("cg", "esd"):
         options["trajectories_per_prompt"] = 1
-    if method == "dt":  # one given concept image (not sampled); one sampled preserve image, of "" (DT always adds it)
-        options.update(concept_images=torch.rand(1, 3, 8 * latent_side, 8 * latent_side), preserve_prompts=[],
-                       preserve_images_per_prompt=1)
+    if method == "dt":  # one given concept image (not sampled), 2 scrambles; one preserve trajectory, of "" (always there)
+        options.update(concept_images=torch.rand(1, 3, 8 * latent_side, 8 * latent_side), scrambles_per_image=2,
+                       preserve_prompts=[], preserve_images_per_prompt=1)
     return options
 
 

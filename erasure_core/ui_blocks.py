@@ -229,7 +229,7 @@ def summary(report: dict, saved: Path | None) -> str:
     for label, key in labels:
         if report.get(f"{key}_after") is not None:
             before = report.get(f"{key}_before")
-            lines.append(f"{label}: {before if before is not None else '–'} → {report[f'{key}_after']}")
+            lines.append(f"{label}: {'–' if before is None else f'{before:.3f}'} → {report[f'{key}_after']:.3f}")
     if report.get("divergence") is not None:
         lines.append(f"divergence on prompts without the concept: {report['divergence']:.4f}")
     if saved is not None:

@@ -159,3 +159,12 @@ def test_one_run_at_a_time(tmp_path):
         assert "already running" in runner.run("esd", "x", "", "", 1, 1e-4, "all", 0, 0).status
     finally:
         runner._lock.release()
+
+
+def test_summary_rounds_the_judges_figures():
+    report = dict(concept="circle", method="dt", steps=300, seconds=72.4, total_seconds=96.0, final_loss=0.11,
+                  erased_rate_before=1.0, erased_rate_after=0.0, preserved_acc_before=0.75,
+                  preserved_acc_after=0.7083333333333334, alt_hit_rate_after=None, divergence=0.03821)
+    text = ui_blocks.summary(report, None)
+    assert "preserved accuracy: 0.750 → 0.708" in text and "erased rate (judge still sees the concept): 1.000 → 0.000" in text
+    assert "alternative" not in text and "0.0382" in text

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from erasure_core.errors import ErasureInputError
-from erasure_core.methods.cg import PreserveRows, cg_loss
+from erasure_core.methods.cg import cg_loss
+from erasure_core.methods.trajectories import PreserveRows
 from erasure_core.methods.common import add_noise
 from erasure_core.methods.dt import DTConfig, dt_loss, erase_dt
 from erasure_core.trainable import make_trainable

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +17,7 @@ from ..model import DiffusionModel
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
 from .common import EraseConfig, ErasureResult, finish
-from .trajectories import frozen_predictions, sample_trajectories
+from .trajectories import PreserveRows, frozen_predictions, preserve_pool, sample_trajectories
 
 
 @dataclass
@@ -36,15 +34,6 @@ class CGConfig(EraseConfig):
         super().validate()
         if not self.drift_weight >= 0:
             raise ErasureInputError("drift weight (λ)", f"must be ≥ 0, got {self.drift_weight}", "use e.g. 1.0")
-
-
-class PreserveRows(NamedTuple):
-    """Points of the frozen model's own trajectories of the preserve prompts, with its predictions there."""
-
-    x_t: torch.Tensor
-    t: torch.Tensor
-    context: torch.Tensor
-    frozen_eps: torch.Tensor
 
 
 def cg_loss(model: DiffusionModel, tuned, x_t, t, concept_ctx, uncond_ctx, target_guidance, frozen_uncond,
@@ -96,12 +85,10 @@ def erase_cg(model: DiffusionModel, config: CGConfig, progress: ProgressFn | Non
         use = has_alt[cache.prompt_index]
         target[use] = (alt_eps - frozen_uncond)[use]
 
-    keep = keep_eps = keep_ctx = None
+    keep = None
     if config.preserve_prompts and config.preserve_weight > 0:
-        keep = sample_trajectories(model, list(config.preserve_prompts), 1, config.seed + 100_000,
-                                   config.sample_steps, config.guidance)
-        keep_ctx = model.encode_text(list(config.preserve_prompts))
-        keep_eps = frozen_predictions(model, keep, keep_ctx)
+        keep = preserve_pool(model, list(config.preserve_prompts), 1, config.seed + 100_000,
+                             config.sample_steps, config.guidance)
 
     tuned, params = make_trainable(model.unet, config.group, config.rank, config.checkpointing)
     tuned.train()
@@ -111,11 +98,7 @@ def erase_cg(model: DiffusionModel, config: CGConfig, progress: ProgressFn | Non
         i = cache.batch(b, gen)
         t = cache.t[i].to(model.device)
         ctx = concept_ctx[cache.prompt_index[i].to(concept_ctx.device)]
-        kept = None
-        if keep is not None:
-            j = keep.batch(b, gen)
-            kept = PreserveRows(keep.x_t[j], keep.t[j].to(model.device),
-                                keep_ctx[keep.prompt_index[j].to(keep_ctx.device)], keep_eps[j])
+        kept = keep.batch(b, gen) if keep is not None else None
         return cg_loss(model, tuned, cache.x_t[i], t, ctx, uncond_ctx.expand(b, -1, -1), target[i],
                        frozen_uncond[i], config.drift_weight, kept, config.preserve_weight)
 

@@ -3,6 +3,10 @@
 Keep the concept's text, break its image: the model is tuned so the concept's prompt denoises
 towards scrambled-grid versions of the concept's own images (meaningless texture with the
 concept's local statistics), while prompts to preserve keep the frozen model's predictions.
+
+The VAE's work is done once, before training: a few scrambles of each concept image (each
+with its own permutation) are encoded to latents, and a step draws from them
+(bench/results/speed.md).
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ class DTConfig(EraseConfig):
     grid: int = 4  # g x g patches; larger g destroys more structure (paper §3.2)
     images_per_prompt: int = 4  # frozen-model images per concept prompt (when none are supplied)
     concept_images: torch.Tensor | None = None  # (N, 3, H, W) in [0, 1]: the user's own concept images
+    # Scrambles per concept image, each with its own permutation, VAE-encoded once before training (the
+    # paper's "new permutation per image and per epoch" for this many epochs).
+    scrambles_per_image: int = 8
     # Weight of the preservation term against the degeneration term. 4 (with lr 1e-4) kept the toy world's
     # other prompts intact where 1 (lr 3e-4) lost 0.15 of their accuracy (README "Choosing the defaults").
     preserve_weight: float = 4.0
@@ -37,6 +44,9 @@ class DTConfig(EraseConfig):
         super().validate()
         if not isinstance(self.grid, int) or self.grid < 2:
             raise ErasureInputError("grid size", f"must be a whole number ≥ 2, got {self.grid!r}", "use e.g. 4")
+        if not isinstance(self.scrambles_per_image, int) or self.scrambles_per_image < 1:
+            raise ErasureInputError("scrambles per image", f"must be a whole number ≥ 1, got {self.scrambles_per_image!r}",
+                                    "use e.g. 8")
         if self.preserve_weight < 0:
             raise ErasureInputError("preserve weight", f"must be ≥ 0, got {self.preserve_weight}", "use e.g. 1.0")
 
@@ -81,6 +91,16 @@ def frozen_images(model: DiffusionModel, prompts: list[str], per_prompt: int, se
     return images, expanded
 
 
+@torch.no_grad()
+def scrambled_latents(model: DiffusionModel, images: torch.Tensor, grid: int, per_image: int,
+                      generator: torch.Generator, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_image` scrambles of every image (each its own permutation), VAE-encoded; and each one's image index."""
+    index = torch.arange(len(images)).repeat(per_image)
+    latents = [model.encode_images(scramble_grid(images[index[s:s + batch]], grid, generator))
+               for s in range(0, len(index), batch)]
+    return torch.cat(latents), index
+
+
 def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | None = None,
              should_cancel: CancelFn | None = None) -> ErasureResult:
     """Run Degeneration-Tuning; the model's own UNet is not modified."""
@@ -94,7 +114,8 @@ def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | Non
     else:
         images, prompts = frozen_images(model, concept_prompts, config.images_per_prompt, config.seed, config)
     check_images(images, config.grid)
-    concept_context = model.encode_text(prompts)
+    latents, image_index = scrambled_latents(model, images, config.grid, config.scrambles_per_image, gen)
+    concept_context = model.encode_text(prompts)[image_index.to(model.device)]
 
     preserve = list(dict.fromkeys(list(config.preserve_prompts) + [""]))  # the empty prompt always: CFG needs it
     keep_images, keep_prompts = frozen_images(model, preserve, config.preserve_images_per_prompt,
@@ -107,12 +128,11 @@ def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | Non
     b = config.batch_size
 
     def loss_fn(step: int) -> torch.Tensor:
-        idx = torch.randint(len(images), (b,), generator=gen)
-        scrambled = scramble_grid(images[idx], config.grid, gen)  # a fresh permutation every time
-        z0 = model.encode_images(scrambled)
+        i = torch.randint(len(latents), (b,), generator=gen)
+        z0 = latents[i.to(latents.device)]
         noise = torch.randn(z0.shape, generator=gen).to(z0)
         t = random_timesteps(b, gen, z0.device)
-        context = concept_context[idx.to(concept_context.device)]
+        context = concept_context[i.to(concept_context.device)]
         if config.preserve_weight > 0:  # preservation rows go into the same UNet call
             j = torch.randint(len(keep_latents), (b,), generator=gen)
             z0 = torch.cat([z0, keep_latents[j.to(keep_latents.device)]])

@@ -7,6 +7,7 @@ prompt) and cache the frozen predictions each method needs at those points.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -59,3 +60,35 @@ def frozen_predictions(model: DiffusionModel, cache: TrajectoryCache, contexts: 
         ctx = contexts[cache.prompt_index[s:s + batch].to(contexts.device)]
         out.append(model.predict_noise(model.unet, x, cache.t[s:s + batch].to(x.device), ctx).float())
     return torch.cat(out)
+
+
+class PreserveRows(NamedTuple):
+    """Points of the frozen model's own trajectories of the preserve prompts, with its predictions there."""
+
+    x_t: torch.Tensor
+    t: torch.Tensor
+    context: torch.Tensor
+    frozen_eps: torch.Tensor
+
+
+@dataclass
+class PreservePool:
+    """Distillation targets for preservation, computed once per run: every point of the frozen model's
+    trajectories of the preserve prompts, and the frozen prediction for its prompt there."""
+
+    points: TrajectoryCache
+    context: torch.Tensor  # one row per preserve prompt
+    frozen_eps: torch.Tensor  # one row per point
+
+    def batch(self, size: int, generator: torch.Generator) -> PreserveRows:
+        j = self.points.batch(size, generator)
+        x_t = self.points.x_t[j]
+        return PreserveRows(x_t, self.points.t[j].to(x_t.device),
+                            self.context[self.points.prompt_index[j].to(self.context.device)], self.frozen_eps[j])
+
+
+def preserve_pool(model: DiffusionModel, prompts: list[str], per_prompt: int, seed: int, steps: int,
+                  guidance: float) -> PreservePool:
+    points = sample_trajectories(model, prompts, per_prompt, seed, steps, guidance)
+    context = model.encode_text(prompts)
+    return PreservePool(points, context, frozen_predictions(model, points, context))

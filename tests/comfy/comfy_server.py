@@ -3,7 +3,6 @@ SD1.5-detected model files, for the server and browser tests (one server per tes
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from browser_support import free_port, stop  # tests/ is on sys.path (tests/conftest.py)
 from comfy_paths import COMFYUI_DIR, REPO
 from workflows import to_api
 
@@ -28,12 +28,6 @@ FAST_WIDGETS = {  # class -> widget values that only trade quality for time (a l
     "EmptyLatentImage": dict(width=64, height=64),
 }
 START_TIMEOUT, PROMPT_TIMEOUT = 420, 600
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Comfy:
@@ -145,11 +139,7 @@ def start(base: Path):
         print(f"ComfyUI answered after {time.time() - started:.1f} s")
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process, timeout=30)
 
 
 
