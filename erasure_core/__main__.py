@@ -102,14 +102,15 @@ def demo_dt_options(concept: str = "circle", steps: int | None = None) -> dict:
 def cmd_toy_eval(args) -> int:
     from . import figures
     from .jobs import write_json
-    from .toyworld.evaluate import EVAL_GUIDANCE, EVAL_STEPS, generation_accuracy
+    from .toyworld.evaluate import EVAL_GUIDANCE, EVAL_STEPS, generation_accuracy, sample_grid
     from .toyworld.judge import heldout_accuracy
 
     model, _ = _load_model(None, None, "cpu")
     judge = _toy_judge()
     judge_acc = heldout_accuracy(judge)
     gen = generation_accuracy(model, judge, seeds_per_scene=args.seeds_per_scene)
-    images, prompts = gen.pop("images"), gen.pop("prompts")
+    images, scenes = gen.pop("images"), gen.pop("scenes")
+    del gen["prompts"]
     table = {"judge_acc": min(judge_acc.values()), "judge_acc_by_head": judge_acc, **gen,
              "sampler": f"DDIM {EVAL_STEPS} steps, CFG {EVAL_GUIDANCE}"}
     print(f"{'judge accuracy (held-out, worst head)':40s} {table['judge_acc']:.3f}  {judge_acc}")
@@ -118,9 +119,8 @@ def cmd_toy_eval(args) -> int:
     print(f"{'samples':40s} {table['samples']}")
     out = Path(args.out)
     write_json(out, table)
-    grid_rows = [(p.replace("a ", "", 1).replace(" ", "\n", 1), images[i::48][:8])
-                 for i, p in zip(range(0, 48, 4), prompts[0:48 * args.seeds_per_scene:4 * args.seeds_per_scene])]
-    figures.save_png(figures.labelled_rows(grid_rows[:12]), out.with_suffix(".png"))
+    rows, colours = sample_grid(images, scenes)
+    figures.save_png(figures.labelled_rows(rows, column_labels=colours), out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 

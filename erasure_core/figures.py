@@ -17,15 +17,19 @@ def to_pil(images: torch.Tensor, scale: int) -> list[Image.Image]:
     return [Image.fromarray(a).resize((a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST) for a in arr]
 
 
-def labelled_rows(rows: list[tuple[str, torch.Tensor]], scale: int = 3, pad: int = 4) -> Image.Image:
-    """One row of images per (label, images) pair, label on the left."""
+def labelled_rows(rows: list[tuple[str, torch.Tensor]], scale: int = 3, pad: int = 4,
+                  column_labels: list[str] | None = None) -> Image.Image:
+    """One row of images per (label, images) pair, label on the left; optional labels above the columns."""
     tiles = [(label, to_pil(images, scale)) for label, images in rows]
     cols = max(len(t) for _, t in tiles)
     w, h = tiles[0][1][0].size
-    canvas = Image.new("RGB", (LABEL_WIDTH + cols * (w + pad) + pad, len(tiles) * (h + pad) + pad), "white")
+    top = 18 if column_labels else 0
+    canvas = Image.new("RGB", (LABEL_WIDTH + cols * (w + pad) + pad, top + len(tiles) * (h + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
+    for c, label in enumerate(column_labels or []):
+        draw.text((LABEL_WIDTH + pad + c * (w + pad) + 4, 4), label, fill="black")
     for r, (label, images) in enumerate(tiles):
-        y = pad + r * (h + pad)
+        y = top + pad + r * (h + pad)
         draw.multiline_text((6, y + h // 2 - 12), label, fill="black")
         for c, img in enumerate(images):
             canvas.paste(img, (LABEL_WIDTH + pad + c * (w + pad), y))

@@ -7,9 +7,9 @@ from transformers import CLIPTokenizer
 from erasure_core.sampling import sample_images
 from erasure_core.toyworld import MODEL_DIR
 from erasure_core.toyworld.draw import draw_batch
-from erasure_core.toyworld.evaluate import generation_accuracy
+from erasure_core.toyworld.evaluate import generation_accuracy, sample_grid
 from erasure_core.toyworld.judge import heldout_accuracy
-from erasure_core.toyworld.world import all_scenes, vocabulary_words
+from erasure_core.toyworld.world import COLORS, SHAPES, STYLES, Scene, all_scenes, vocabulary_words
 
 
 def test_every_word_is_one_token():
@@ -59,3 +59,14 @@ def test_generation_accuracy_stays_above_the_bar(toy_model, judge):
     acc = generation_accuracy(toy_model, judge, seeds_per_scene=2)  # one seed is too noisy: fill 0.85
     for key, bar in bars.items():
         assert acc[key] >= bar, (key, acc[key])
+
+
+def test_sample_grid_puts_each_scene_under_its_own_labels():
+    scenes = [s for s in all_scenes() for _ in range(2)]
+    images = torch.arange(len(scenes), dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)
+    rows, columns = sample_grid(images, scenes)
+    assert columns == list(COLORS) and len(rows) == len(SHAPES) * len(STYLES)
+    for label, row in rows:
+        style, shape = label.split(" ", 1)
+        for color, image in zip(columns, row):
+            assert scenes[int(image[0, 0, 0])] == Scene(shape, color, style), (label, color)

@@ -159,4 +159,16 @@ def generation_accuracy(model, judge, seeds_per_scene: int = 4, seed: int = 5000
         "samples": len(scenes),
         "images": images,
         "prompts": prompts,
+        "scenes": scenes,
     }
+
+
+def sample_grid(images: torch.Tensor, scenes: list[Scene]) -> tuple[list[tuple[str, torch.Tensor]], list[str]]:
+    """Rows for a picture of generations: one row per (fill, shape), one column per colour, each cell the
+    first image drawn for that scene; and the column labels."""
+    first = {}
+    for image, scene in zip(images, scenes):
+        first.setdefault(scene, image)
+    rows = [(f"{style} {shape}", torch.stack([first[Scene(shape, color, style)] for color in COLORS]))
+            for shape in SHAPES for style in STYLES]
+    return rows, list(COLORS)
