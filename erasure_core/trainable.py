@@ -12,6 +12,7 @@ adapters (peft) on the chosen modules, optionally with gradient checkpointing on
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
@@ -48,12 +49,27 @@ def select_modules(unet: nn.Module, group: str) -> list[tuple[str, nn.Module]]:
     return chosen
 
 
+def _checkpointed(forward, *args, **kwargs):
+    """Recompute a block in the backward pass instead of storing its activations (when training)."""
+    if torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forward(*args, **kwargs)
+
+
 def enable_checkpointing(tuned: nn.Module) -> None:
-    """diffusers' gradient checkpointing: activations are recomputed in the backward pass (less memory, slower)."""
-    if not hasattr(tuned, "enable_gradient_checkpointing"):
-        raise ErasureInputError("gradient checkpointing", f"this UNet ({type(tuned).__name__}) is not a diffusers UNet",
-                                "turn it off here; ComfyUI's nodes checkpoint their own UNet copy on GPU")
-    tuned.enable_gradient_checkpointing()
+    """Gradient checkpointing on a trainable copy: activations are recomputed in the backward pass (less
+    memory, slower). diffusers UNets have their own switch; ldm UNets (ComfyUI, the webui) get each of
+    their blocks wrapped. Only ever called on the private copy, never on a host's shared module."""
+    if hasattr(tuned, "enable_gradient_checkpointing"):
+        tuned.enable_gradient_checkpointing()
+        return
+    blocks = [*getattr(tuned, "input_blocks", []), getattr(tuned, "middle_block", None),
+              *getattr(tuned, "output_blocks", [])]
+    if len(blocks) < 2 or any(b is None for b in blocks):
+        raise ErasureInputError("gradient checkpointing", f"this UNet ({type(tuned).__name__}) is neither a "
+                                "diffusers nor an ldm UNet", "turn gradient checkpointing off")
+    for block in blocks:
+        block.forward = functools.partial(_checkpointed, block.forward)
 
 
 def make_trainable(unet: nn.Module, group: str, rank: int | None = None,

@@ -78,6 +78,7 @@ def run(cls, title: str, erase, config, model, clip, vae, image_size: int) -> io
     # ComfyUI executes under inference_mode; autograd needs it off (inputs are cloned inside the backend).
     with torch.inference_mode(False), torch.enable_grad():
         model_api = backend.ComfyModel(model, clip, vae, image_size=int(image_size))
+        config.checkpointing = model_api.checkpointing  # on GPU: memory matters more than the 1.2-1.6x time
         try:
             result = erase(model_api, config, progress=reporter, should_cancel=mm.processing_interrupted)
         except ErasureCancelled:

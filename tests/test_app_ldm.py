@@ -183,3 +183,19 @@ def test_merge_into_checkpoint(ldm_unet, tmp_path):
     key = f"model.diffusion_model.{name}.weight"
     assert torch.allclose(merged[key], original[key] + 0.5)
     assert sum(not torch.equal(merged[k], original[k]) for k in original) == 1
+
+
+def test_checkpointing_an_ldm_copy_gives_the_same_gradients(ldm_unet):
+    """trainable.enable_checkpointing wraps an ldm UNet's blocks on the copy only; the loss and
+    gradients are those of the plain copy."""
+    from erasure_core.trainable import make_trainable
+
+    x, t, c = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.randn(2, 7, 32)
+    grads = []
+    for checkpointing in (False, True):
+        tuned, params = make_trainable(ldm_unet, "cross_attn", checkpointing=checkpointing)
+        tuned(x, timesteps=t, context=c).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+        assert ("functools.partial" in repr(tuned.input_blocks[1].forward)) == checkpointing
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    assert "functools.partial" not in repr(ldm_unet.input_blocks[1].forward)  # the shared UNet is untouched

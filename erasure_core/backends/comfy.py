@@ -71,28 +71,13 @@ def scheduler_config_for(alphas_cumprod: torch.Tensor) -> dict:
             "timestep_spacing": "leading"}
 
 
-def checkpointed(forward, *args, **kwargs):
-    """Recompute a block in the backward pass instead of storing its activations (training only)."""
-    if torch.is_grad_enabled():
-        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
-    return forward(*args, **kwargs)
-
-
-def enable_checkpointing(unet: nn.Module) -> None:
-    """Gradient checkpointing on a *private* trainable copy (the shared module is never patched)."""
-    if getattr(unet, "_concept_eraser_checkpointing", False):
-        return
-    for block in [*unet.input_blocks, unet.middle_block, *unet.output_blocks]:
-        block.forward = functools.partial(checkpointed, block.forward)
-    unet._concept_eraser_checkpointing = True
-
-
 class ComfyModel:
     """`erasure_core.model.DiffusionModel` over ComfyUI's MODEL, CLIP and VAE.
 
     `unet` is the MODEL's own ldm UNet, loaded through ComfyUI's memory management with the
     MODEL's patches applied; it is only read. `image_size` is the pixel size the methods draw
-    the frozen model's images at (smaller is faster).
+    the frozen model's images at (smaller is faster). `checkpointing` is what the nodes ask the
+    methods for (gradient checkpointing of the trainable copy; default: on a GPU).
     """
 
     def __init__(self, patcher, clip=None, vae=None, image_size: int = 512, checkpointing: bool | None = None):
@@ -127,8 +112,6 @@ class ComfyModel:
         check_interrupt()
         if unet is self.unet:
             self.load()  # CLIP/VAE calls may have evicted it on small GPUs
-        elif self.checkpointing:
-            enable_checkpointing(unet)
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(latents.shape[0])
         dtype = self.dtype
