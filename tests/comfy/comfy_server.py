@@ -120,10 +120,16 @@ def start(base: Path):
     hint[16:48, 30:34] = 255  # a white bar: a plausible edge map
     Image.fromarray(hint).save(base / "input" / "control_hint.png")
     print(f"model files written in {time.time() - started:.1f} s")
+    yield from serve(COMFYUI_DIR, base, ["--base-directory", str(base)])
+
+
+def serve(comfyui_dir: Path, base: Path, extra_args: list[str], env: dict | None = None):
+    """Run `main.py --cpu` of `comfyui_dir` on a free loopback port; yield it once /object_info answers."""
     port, log = free_port(), base / "comfyui.log"
+    started = time.time()
     process = subprocess.Popen(
         [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-         "--base-directory", str(base)], cwd=COMFYUI_DIR, stdout=log.open("w"), stderr=subprocess.STDOUT)
+         *extra_args], cwd=comfyui_dir, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     server = Comfy(base, port, process, log)
     try:
         deadline = time.time() + START_TIMEOUT
@@ -140,8 +146,6 @@ def start(base: Path):
         yield server
     finally:
         stop(process, timeout=30)
-
-
 
 
 def attach(url: str, base: Path) -> Comfy:
