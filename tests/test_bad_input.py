@@ -100,3 +100,23 @@ def test_unknown_parameter_group():
 def test_bad_rank():
     with pytest.raises(ErasureInputError, match="^rank: must be a whole number"):
         _validate(rank=0)
+
+
+def test_nan_loss_in_an_erasure_leaves_the_model_untouched(toy_model, monkeypatch):
+    """Two real updates, then a NaN loss: the run stops with the advice and the input UNet is bit-identical."""
+    from erasure_core.methods import cg
+
+    before = {k: v.clone() for k, v in toy_model.unet.state_dict().items()}
+    calls, real_loss = [], cg.cg_loss
+
+    def loss_turning_nan(*args, **kwargs):
+        calls.append(1)
+        return real_loss(*args, **kwargs) * (math.nan if len(calls) == 3 else 1.0)
+
+    monkeypatch.setattr(cg, "cg_loss", loss_turning_nan)
+    with pytest.raises(NonFiniteLoss, match="^the loss became nan at step 3; the input model is untouched"):
+        cg.erase_cg(toy_model, CGConfig(concepts=["circle"], steps=5, lr=1e-2, sample_steps=2, batch_size=2,
+                                        trajectories_per_prompt=1, templates=["a red solid {}"]))
+    assert len(calls) == 3
+    after = toy_model.unet.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
