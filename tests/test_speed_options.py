@@ -25,15 +25,18 @@ def _rows(model, n, seed):
 
 def test_dt_loss_in_one_call_equals_one_call_per_term(toy_model):
     tuned, _ = make_trainable(toy_model.unet, "all")
-    z0, t, ctx = _rows(toy_model, 4, 0)
+    z0, t, ctx = _rows(toy_model, 2, 0)
+    kx, kt, kctx = _rows(toy_model, 3, 1)
+    keep_eps = torch.randn(3, *toy_model.latent_shape)
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(1))
     x_t = add_noise(toy_model.alphas_cumprod, z0, noise, t)
     with torch.no_grad():
-        degenerate = F.mse_loss(toy_model.predict_noise(tuned, x_t[:2], t[:2], ctx[:2]), noise[:2])
-        target = toy_model.predict_noise(toy_model.unet, x_t[2:], t[2:], ctx[2:])
-        preserve = F.mse_loss(toy_model.predict_noise(tuned, x_t[2:], t[2:], ctx[2:]), target)
-        joint = dt_loss(toy_model, tuned, z0, ctx, noise, t, 2, 4.0)
+        degenerate = F.mse_loss(toy_model.predict_noise(tuned, x_t, t, ctx), noise)
+        preserve = F.mse_loss(toy_model.predict_noise(tuned, kx, kt, kctx), keep_eps)
+        joint = dt_loss(toy_model, tuned, z0, ctx, noise, t, PreserveRows(kx, kt, kctx, keep_eps), 4.0)
+        alone = dt_loss(toy_model, tuned, z0, ctx, noise, t)
     assert torch.allclose(joint, degenerate + 4.0 * preserve, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(alone, degenerate, rtol=1e-5, atol=1e-7)
 
 
 def test_cg_loss_in_one_call_equals_one_call_per_term(toy_model):

@@ -4,9 +4,10 @@ Keep the concept's text, break its image: the model is tuned so the concept's pr
 towards scrambled-grid versions of the concept's own images (meaningless texture with the
 concept's local statistics), while prompts to preserve keep the frozen model's predictions.
 
-The VAE's work is done once, before training: a few scrambles of each concept image (each
-with its own permutation) are encoded to latents, and a step draws from them
-(bench/results/speed.md).
+Everything the frozen model and the VAE contribute is computed once, before training: a few
+scrambles of each concept image (each with its own permutation) encoded to latents, and the
+frozen model's predictions along its own trajectories of the preserve prompts (the
+distillation targets). A training step is then one UNet call (bench/results/speed.md).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ..scrambled_grid import scramble_grid
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
 from .common import EraseConfig, ErasureResult, add_noise, finish, random_timesteps
+from .trajectories import PreserveRows, preserve_pool
 
 
 @dataclass
@@ -36,7 +38,7 @@ class DTConfig(EraseConfig):
     # Weight of the preservation term against the degeneration term. 4 (with lr 1e-4) kept the toy world's
     # other prompts intact where 1 (lr 3e-4) lost 0.15 of their accuracy (README "Choosing the defaults").
     preserve_weight: float = 4.0
-    preserve_images_per_prompt: int = 2
+    preserve_images_per_prompt: int = 2  # frozen-model trajectories per preserve prompt (distillation points)
     group: str = "all"  # the paper tunes the UNet as a whole
     lr: float = 1e-4
 
@@ -51,23 +53,25 @@ class DTConfig(EraseConfig):
             raise ErasureInputError("preserve weight", f"must be ≥ 0, got {self.preserve_weight}", "use e.g. 1.0")
 
 
-def dt_loss(model: DiffusionModel, tuned, z0, context, noise, t, n_degenerate: int,
-            preserve_weight: float) -> torch.Tensor:
-    """L = ||eps_θ(x_t, t, c_e) − ε||² + w ||eps_θ(x_t', t', p) − eps*(x_t', t', p)||².
+def dt_loss(model: DiffusionModel, tuned, z0, context, noise, t, keep: PreserveRows | None = None,
+            preserve_weight: float = 0.0) -> torch.Tensor:
+    """L = ||eps_θ(x_t, t, c_e) − ε||² + w ||eps_θ(x_t', t', p) − eps*(x_t', t', p)||²   (the last term only with `keep`).
 
-    Rows [:n_degenerate] are scrambled concept latents with their prompts (degeneration: plain
-    denoising); the other rows are the frozen model's own images of the preserve prompts
-    (preservation: distillation to the frozen model). Each term is the mean over its own rows,
-    so one UNet call on the concatenated batch is the same loss as two calls, and faster.
+    z0 are scrambled concept latents, paired with the concept's prompts (degeneration: plain
+    denoising towards the scramble). `keep` holds points of the frozen model's own trajectories
+    of the preserve prompts with its predictions there (preservation: distillation). Both go
+    through one UNet call; each term is the mean over its own rows, so this equals one call per
+    term, and is faster.
     """
     x_t = add_noise(model.alphas_cumprod, z0, noise, t)
-    eps = model.predict_noise(tuned, x_t, t, context).float()
-    n = n_degenerate
-    loss = F.mse_loss(eps[:n], noise[:n])
-    if n < len(x_t):
-        with torch.no_grad():
-            target = model.predict_noise(model.unet, x_t[n:], t[n:], context[n:]).float()
-        loss = loss + preserve_weight * F.mse_loss(eps[n:], target)
+    rows = [(x_t, t, context)]
+    if keep is not None:
+        rows.append((keep.x_t, keep.t, keep.context))
+    eps = model.predict_noise(tuned, *(torch.cat(column) for column in zip(*rows))).float()
+    n = len(z0)
+    loss = F.mse_loss(eps[:n], noise)
+    if keep is not None:
+        loss = loss + preserve_weight * F.mse_loss(eps[n:], keep.frozen_eps)
     return loss
 
 
@@ -117,11 +121,11 @@ def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | Non
     latents, image_index = scrambled_latents(model, images, config.grid, config.scrambles_per_image, gen)
     concept_context = model.encode_text(prompts)[image_index.to(model.device)]
 
-    preserve = list(dict.fromkeys(list(config.preserve_prompts) + [""]))  # the empty prompt always: CFG needs it
-    keep_images, keep_prompts = frozen_images(model, preserve, config.preserve_images_per_prompt,
-                                              config.seed + 100_000, config)
-    keep_latents = model.encode_images(keep_images)
-    keep_context = model.encode_text(keep_prompts)
+    keep = None
+    if config.preserve_weight > 0:
+        preserve = list(dict.fromkeys(list(config.preserve_prompts) + [""]))  # the empty prompt always: CFG needs it
+        keep = preserve_pool(model, preserve, config.preserve_images_per_prompt, config.seed + 100_000,
+                             config.sample_steps, config.guidance)
 
     tuned, params = make_trainable(model.unet, config.group, config.rank, config.checkpointing)
     tuned.train()
@@ -132,14 +136,9 @@ def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | Non
         z0 = latents[i.to(latents.device)]
         noise = torch.randn(z0.shape, generator=gen).to(z0)
         t = random_timesteps(b, gen, z0.device)
-        context = concept_context[i.to(concept_context.device)]
-        if config.preserve_weight > 0:  # preservation rows go into the same UNet call
-            j = torch.randint(len(keep_latents), (b,), generator=gen)
-            z0 = torch.cat([z0, keep_latents[j.to(keep_latents.device)]])
-            noise = torch.cat([noise, torch.randn(noise.shape, generator=gen).to(noise)])
-            t = torch.cat([t, random_timesteps(b, gen, z0.device)])
-            context = torch.cat([context, keep_context[j.to(keep_context.device)]])
-        return dt_loss(model, tuned, z0, context, noise, t, b, config.preserve_weight)
+        kept = keep.batch(b, gen) if keep is not None else None
+        return dt_loss(model, tuned, z0, concept_context[i.to(concept_context.device)], noise, t, kept,
+                       config.preserve_weight)
 
     losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
                       precision=config.precision)
