@@ -101,7 +101,9 @@ class EraseConceptDT(io.ComfyNode):
         return io.Schema(
             node_id="ConceptEraser_EraseDT", display_name="Erase Concept (Degeneration-Tuning)", category=CATEGORY,
             description="Erase a concept by teaching the model to draw scrambled noise for it (Degeneration-Tuning, "
-                        "Ni et al. 2023), while preserve prompts keep their images. Needs the VAE.",
+                        "Ni et al. 2023), while preserve prompts keep their images. Needs the VAE. The concept "
+                        "becomes texture, not another concept: to turn it into an alternative, use Erase Concept "
+                        "(Classifier Guidance).",
             inputs=[io.Model.Input("model"), io.Clip.Input("clip"), io.Vae.Input("vae"), *concept_inputs(),
                     *training_inputs(200, DTConfig.lr, DTConfig.group),
                     io.Int.Input("grid", default=4, min=2, max=32,
