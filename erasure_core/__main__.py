@@ -174,7 +174,7 @@ def main(argv=None) -> int:
 
     tr = sub.add_parser("toyworld-train", help="rebuild the toy world from scratch (deterministic)")
     tr.add_argument("--out", help="folder (default: the shipped assets folder)")
-    tr.add_argument("--steps", type=int, default=3500)
+    tr.add_argument("--steps", type=int, default=7000)
     tr.add_argument("--vae-steps", type=int, default=600)
     tr.add_argument("--judge-steps", type=int, default=1200)
     tr.add_argument("--schedule-steps", type=int, help="learning-rate horizon if longer than --steps")

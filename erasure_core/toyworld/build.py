@@ -180,8 +180,8 @@ def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
-def build(out: Path, vae_steps: int = 800, diffusion_steps: int = 4000, batch: int = 64,
-          judge_steps: int = 1500, seed: int = 0, log=print, checkpoint_dir: Path | None = None,
+def build(out: Path, vae_steps: int = 600, diffusion_steps: int = 7000, batch: int = 64,
+          judge_steps: int = 1200, seed: int = 0, log=print, checkpoint_dir: Path | None = None,
           schedule_steps: int | None = None) -> dict:
     torch.use_deterministic_algorithms(True)
     out.mkdir(parents=True, exist_ok=True)
@@ -210,6 +210,8 @@ def build(out: Path, vae_steps: int = 800, diffusion_steps: int = 4000, batch: i
     timings["judge_seconds"] = time.time() - t2
 
     info = {
+        "command": f"python -m erasure_core toyworld-train --steps {diffusion_steps} --vae-steps {vae_steps} "
+                   f"--judge-steps {judge_steps}" + (f" --schedule-steps {schedule_steps}" if schedule_steps else ""),
         "seed": seed, "vae_steps": vae_steps, "diffusion_steps": diffusion_steps,
         "lr_schedule_steps": schedule_steps or diffusion_steps, "batch": batch,
         "judge_steps": judge_steps, **{k: round(v, 1) for k, v in timings.items()},
