@@ -51,8 +51,12 @@ def cmd_erase(args) -> int:
     if args.alternative:
         options["alternatives"] = args.alternative
     if is_toy:
-        # The toy world knows its own prompts: train on every combination the concept appears in.
-        for key, value in toy_eval.toy_options(args.concept).items():
+        # The toy world knows its own prompts: train on every combination the concept appears in, and (DT)
+        # with the grid and layers measured for the concept's kind.
+        toy = toy_eval.toy_options(args.concept)
+        if args.method == "dt":
+            toy.update(toy_eval.dt_kind_options(args.concept[0]))
+        for key, value in toy.items():
             options.setdefault(key, value)
     config = config_cls(**options)
     out = run_erasure(model, args.method, config, args.out, judge=_toy_judge() if is_toy else None,
@@ -92,11 +96,11 @@ def cmd_demo(args) -> int:
 
 
 def demo_dt_options(concept: str = "circle", steps: int | None = None) -> dict:
-    """The demo's DT erasure of a shape on the toy world (settings measured in the README)."""
+    """The demo's DT erasure on the toy world (settings measured in the README)."""
     from .toyworld import evaluate as toy_eval
 
-    return dict(concepts=[concept], **toy_eval.toy_options([concept]), steps=steps or 300,
-                grid=4, batch_size=16, images_per_prompt=2, preserve_images_per_prompt=1, seed=0)
+    return dict(concepts=[concept], **toy_eval.toy_options([concept]), **toy_eval.dt_kind_options(concept),
+                steps=steps or 300, batch_size=16, images_per_prompt=2, preserve_images_per_prompt=1, seed=0)
 
 
 def cmd_toy_eval(args) -> int:
