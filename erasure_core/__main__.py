@@ -100,7 +100,7 @@ def demo_dt_options(concept: str = "circle", steps: int | None = None) -> dict:
     from .toyworld import evaluate as toy_eval
 
     return dict(concepts=[concept], **toy_eval.toy_options([concept]), **toy_eval.dt_kind_options(concept),
-                steps=steps or 300, batch_size=16, images_per_prompt=2, preserve_images_per_prompt=1, seed=0)
+                steps=steps or 300, batch_size=16, images_per_prompt=2, seed=0)
 
 
 def cmd_toy_eval(args) -> int:

@@ -100,7 +100,7 @@ def toy_options(method: str, concepts: list[str], preserve: list[str]) -> dict:
         from .__main__ import demo_dt_options
 
         demo = demo_dt_options(concepts[0])
-        options.update({k: demo[k] for k in ("batch_size", "images_per_prompt", "preserve_images_per_prompt", "grid")})
+        options.update({k: demo[k] for k in ("batch_size", "images_per_prompt", "grid")})
     return options
 
 
