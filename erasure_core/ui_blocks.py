@@ -104,8 +104,12 @@ def toy_options(method: str, concepts: list[str], preserve: list[str]) -> dict:
     return options
 
 
-def build_config(method, concepts_text, alternative_text, preserve_text, steps, lr, group, rank, seed, toy=False):
-    """The method's config from the form's raw values; ErasureInputError names the field at fault."""
+def build_config(method, concepts_text, alternative_text, preserve_text, steps, lr, group, rank, seed, toy=False,
+                 grid=None):
+    """The method's config from the form's raw values; ErasureInputError names the field at fault.
+
+    `grid` (DT only): empty keeps the default (4; on the toy world, the setting measured for the concept's kind).
+    """
     from .methods import METHODS
 
     method_defaults(method)
@@ -125,6 +129,8 @@ def build_config(method, concepts_text, alternative_text, preserve_text, steps, 
                    seed=whole_number("seed", seed if seed not in (None, "") else 0, 0, "use e.g. 0"))
     if toy:
         options.update(toy_options(method, concepts, options["preserve_prompts"]))
+    if method == "dt" and grid not in (None, ""):
+        options["grid"] = whole_number("grid size", grid, 2, "use e.g. 4 for objects, finer for styles")
     config = METHODS[method][0](**options)
     config.validate()
     return config
@@ -279,24 +285,25 @@ class EraseRunner:
         return self.cancel_event.is_set() or bool(self.host.should_cancel())
 
     def run(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure=False,
-            progress: Callable | None = None) -> RunOutcome:
+            progress: Callable | None = None, grid=None) -> RunOutcome:
         if not self._lock.acquire(blocking=False):
             return RunOutcome("An erasure is already running: wait for it to finish, or press Cancel.")
         self.cancel_event.clear()
         try:
             return self._run(method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure,
-                             progress if progress is not None else (lambda *a, **k: None))  # Progress is falsy
+                             progress if progress is not None else (lambda *a, **k: None), grid)  # Progress is falsy
         except ErasureError as exc:  # input errors, cancel, divergence: the message says what to do
             return RunOutcome(error_message(exc))
         finally:
             self._lock.release()
 
-    def _run(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, progress):
+    def _run(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, progress, grid):
         from .jobs import run_erasure
         from .sampling import sample_images
 
         host = self.host
-        config = build_config(method, concepts, alternative, preserve, steps, lr, group, rank, seed, toy=host.toy)
+        config = build_config(method, concepts, alternative, preserve, steps, lr, group, rank, seed, toy=host.toy,
+                              grid=grid)
         progress(0.0, desc="loading the model")
         model = host.load_model()
         prompts, _ = gallery_prompts(config, host.toy)
@@ -361,6 +368,8 @@ def build_blocks(host: Host, runner: EraseRunner | None = None):
                                         elem_id="ce_group")
                     rank = gr.Number(value=0, precision=0, label="LoRA rank (0 = full weights)", elem_id="ce_rank")
                     seed = gr.Number(value=0, precision=0, label="Seed", elem_id="ce_seed")
+                grid = gr.Number(value=None, precision=0, elem_id="ce_grid",
+                                 label="Grid (dt only; empty = 4; for a style, finer than its texture)")
                 measure = gr.Checkbox(value=False, visible=host.toy and host.judge_path is not None,
                                       label="Score before/after with the toy world's judge (slower)",
                                       elem_id="ce_measure")
@@ -374,13 +383,13 @@ def build_blocks(host: Host, runner: EraseRunner | None = None):
                 gallery = gr.Gallery(label="Before / after (same seeds)",
                                      columns=GALLERY_CONCEPT_PROMPTS + GALLERY_OTHER_PROMPTS, elem_id="ce_gallery")
 
-        def run(method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure,
+        def run(method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, grid,
                 progress=gr.Progress(track_tqdm=False)):
             return runner.run(method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure,
-                              progress=progress).as_outputs()
+                              progress=progress, grid=grid).as_outputs()
 
         method.change(on_method_change, inputs=method, outputs=[lr, group])
-        run_button.click(run, inputs=[method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure],
+        run_button.click(run, inputs=[method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, grid],
                          outputs=[status, loss, gallery, saved])
         # Not queued: it must get through while the erasure itself occupies the queue.
         cancel_button.click(runner.cancel, inputs=None, outputs=None, queue=False)

@@ -6,7 +6,7 @@ import torch
 from comfy_api.latest import io
 
 CATEGORY = "Concept Eraser"
-# {"images": (N, 3, H, W) in [0, 1], "grid": g}: the concept's own images, scrambled at every step.
+# {"images": (N, 3, H, W) in [0, 1], "grid": g}: the concept's own images, scrambled (several times each) for DT.
 Dataset = io.Custom("SCRAMBLED_GRID_DATASET")
 
 

@@ -39,7 +39,9 @@ class ScrambledGridDataset(io.ComfyNode):
                         "them from the concept and prompt templates. The preview shows them scrambled g×g, which is "
                         "what the erased model will draw for the concept.",
             inputs=[
-                io.Int.Input("grid", default=4, min=2, max=32, tooltip="g: the images are cut into g×g patches."),
+                io.Int.Input("grid", default=4, min=2, max=512,
+                             tooltip="g: the images are cut into g×g patches. 4 for objects; finer (up to the "
+                                     "image side) for styles and textures."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
                              tooltip="Seed for drawing the images and for the preview's shuffle."),
                 io.Image.Input("image", optional=True, tooltip="Your own images of the concept (used as they are)."),

@@ -50,6 +50,7 @@ def test_defaults_match_the_core():
     ({"method": "magic"}, "method"),
     ({"group": "nothing"}, "parameter group"),
     ({"alternative_text": "circle"}, "alternative"),
+    ({"method": "dt", "grid": 1}, "grid size"),
 ])
 def test_bad_form_values_name_their_field(changes, field):
     form = dict(method="cg", concepts_text="circle", alternative_text="", preserve_text="", steps=5, lr=1e-3,
@@ -68,6 +69,8 @@ def test_form_to_config():
     assert config.preserve_prompts == ["a dog", "a cat, sitting"]  # prompts are whole lines
     assert (config.steps, config.lr, config.group, config.rank, config.seed) == (7, 0.002, "cross_attn_kv", 4, 3)
     assert build_config("esd", "x", "", "", 5, 1e-4, "all", 0, 0).rank is None  # 0 = full weights
+    assert build_config("dt", "x", "", "", 5, 1e-4, "all", 0, 0, grid=16).grid == 16
+    assert build_config("dt", "x", "", "", 5, 1e-4, "all", 0, 0, grid=None).grid == 4
 
 
 def test_toy_world_uses_its_own_prompts():
@@ -77,6 +80,8 @@ def test_toy_world_uses_its_own_prompts():
     with pytest.raises(ErasureInputError) as err:
         build_config("dt", "van gogh", "", "", 5, 3e-4, "all", 0, 0, toy=True)
     assert err.value.field == "concept"
+    assert build_config("dt", "striped", "", "", 5, 1e-3, "cross_attn", 0, 0, toy=True).grid == 32  # a fill
+    assert build_config("dt", "striped", "", "", 5, 1e-3, "cross_attn", 0, 0, toy=True, grid=8).grid == 8
 
 
 def test_loss_plot_is_an_image_for_any_length():

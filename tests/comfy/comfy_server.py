@@ -53,6 +53,10 @@ class Comfy:
     def run(self, prompt: dict) -> dict:
         """Queue `prompt`, wait for it, return its history entry (fails with the server's error)."""
         prompt_id = self.post("/prompt", {"prompt": prompt, "client_id": "concept-eraser-test"})["prompt_id"]
+        return self.finished(prompt_id)
+
+    def finished(self, prompt_id: str) -> dict:
+        """Wait for `prompt_id`'s history entry (written a moment after the websocket's last event)."""
         deadline = time.time() + PROMPT_TIMEOUT
         while time.time() < deadline:
             entry = self.get(f"/history/{prompt_id}").get(prompt_id)
@@ -61,7 +65,7 @@ class Comfy:
                 assert status["status_str"] == "success", json.dumps(status["messages"])[-3000:]
                 return entry
             assert self.process.poll() is None, "ComfyUI exited:\n" + self.log.read_text()[-3000:]
-            time.sleep(1)
+            time.sleep(0.25)
         raise AssertionError(f"prompt {prompt_id} did not finish in {PROMPT_TIMEOUT} s")
 
     def run_watching(self, prompt: dict) -> tuple[dict, list[dict], int]:
@@ -88,9 +92,7 @@ class Comfy:
                             return prompt_id, events, binary
 
         prompt_id, events, binary = asyncio.run(asyncio.wait_for(watch(), PROMPT_TIMEOUT))
-        entry = self.get(f"/history/{prompt_id}")[prompt_id]
-        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-3000:]
-        return entry, events, binary
+        return self.finished(prompt_id), events, binary
 
     def images(self, entry: dict, node: str) -> list[np.ndarray]:
         out = []
