@@ -72,6 +72,17 @@ def enable_checkpointing(tuned: nn.Module) -> None:
         block.forward = functools.partial(_checkpointed, block.forward)
 
 
+def shared_copy(unet: nn.Module, trained: list[str]) -> nn.Module:
+    """A frozen copy of `unet` whose weights share storage with it, except those of the modules named in
+    `trained`, which are copied (they will change). Only what is trained costs new memory; the copy's
+    own Parameter objects keep the original's requires_grad flags untouched. Inference tensors (made
+    under a host's inference mode) cannot take part in autograd, so those are copied too."""
+    copied = {id(p) for name in trained for p in unet.get_submodule(name).parameters(recurse=False)}
+    memo = {id(p): nn.Parameter(p.detach(), requires_grad=False)
+            for p in unet.parameters() if id(p) not in copied and not p.is_inference()}
+    return copy.deepcopy(unet, memo).requires_grad_(False)
+
+
 def make_trainable(unet: nn.Module, group: str, rank: int | None = None,
                    checkpointing: bool = False) -> tuple[nn.Module, list[nn.Parameter]]:
     """A trainable deep copy of `unet` and its trainable parameters (fp32 masters).
@@ -81,7 +92,7 @@ def make_trainable(unet: nn.Module, group: str, rank: int | None = None,
     speed for memory on the copy only; the original UNet is never changed.
     """
     names = [n for n, _ in select_modules(unet, group)]
-    tuned = copy.deepcopy(unet).requires_grad_(False)
+    tuned = shared_copy(unet, names if rank is None else [])
     if checkpointing:
         enable_checkpointing(tuned)
     if rank is None:

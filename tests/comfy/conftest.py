@@ -12,33 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_paths import COMFYUI_DIR, REPO
-
-
-def _import_comfy() -> str | None:
-    """Make ComfyUI importable headless; returns why not, or None."""
-    if not (COMFYUI_DIR / "comfy" / "model_management.py").exists():
-        return f"no ComfyUI at COMFYUI_DIR={COMFYUI_DIR} (run tests/comfy_setup.sh)"
-    if str(COMFYUI_DIR) not in sys.path:
-        sys.path.insert(0, str(COMFYUI_DIR))
-    try:
-        # diffusers registers torch custom ops, whose source lookup walks sys.modules: import it
-        # before ComfyUI's ~3500 modules are loaded (several times faster on a busy machine).
-        import diffusers.models.unets.unet_2d_condition  # noqa: F401
-        import comfy.cli_args
-
-        comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
-        import utils.install_util  # noqa: F401  (before `nodes`, which shadows `utils`; see research notes)
-        import comfy.model_management  # noqa: F401
-        import nodes  # noqa: F401  (ComfyUI's nodes.py)
-    except Exception as exc:  # any import failure means "no usable ComfyUI here"
-        return f"ComfyUI at {COMFYUI_DIR} is not importable: {type(exc).__name__}: {exc}"
-    return None
+from comfy_paths import REPO, import_comfy
 
 
 @pytest.fixture(scope="session")
 def comfy_env(tmp_path_factory):
-    reason = _import_comfy()
+    reason = import_comfy()
     if reason:
         pytest.skip(reason)
     import folder_paths
