@@ -1,6 +1,6 @@
 """Make docs/app.png, the README's picture of the standalone app, after a short real erasure.
 
-    nice -n 19 env OMP_NUM_THREADS=1 python docs/make_app_screenshot.py [--out docs/app.png] [--steps 30]
+    nice -n 19 env OMP_NUM_THREADS=1 python docs/make_app_screenshot.py [--out docs/app.png] [--steps 150]
 
 Starts `python -m erasure_core.app` (the built-in toy world) on a free port, drives it with
 headless Chromium through playwright (Debian's `chromium`, or $CE_CHROMIUM: `playwright install`
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     parser.add_argument("--method", default="cg")
     parser.add_argument("--concept", default="circle")
     parser.add_argument("--alternative", default="square")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--no-judge", dest="judge", action="store_false", help="do not tick the judge checkbox")
     # 1536: the gallery's six columns need over 100 px each (gradio's minmax(100px, 1fr)), and
     # gradio caps the page at 1280 px below a 1536 px window, where the sixth column is cut off

@@ -108,7 +108,8 @@ def build_config(method, concepts_text, alternative_text, preserve_text, steps, 
                  grid=None):
     """The method's config from the form's raw values; ErasureInputError names the field at fault.
 
-    `grid` (DT only): empty keeps the default (4; on the toy world, the setting measured for the concept's kind).
+    `grid` (DT only): empty or 0 keeps the default (4; on the toy world, the setting measured for the
+    concept's kind). gradio shows an unset Number as 0, hence 0 = default, as for the LoRA rank.
     """
     from .methods import METHODS
 
@@ -129,7 +130,7 @@ def build_config(method, concepts_text, alternative_text, preserve_text, steps, 
                    seed=whole_number("seed", seed if seed not in (None, "") else 0, 0, "use e.g. 0"))
     if toy:
         options.update(toy_options(method, concepts, options["preserve_prompts"]))
-    if method == "dt" and grid not in (None, ""):
+    if method == "dt" and grid not in (None, "", 0):
         options["grid"] = whole_number("grid size", grid, 2, "use e.g. 4 for objects, finer for styles")
     config = METHODS[method][0](**options)
     config.validate()
@@ -368,8 +369,9 @@ def build_blocks(host: Host, runner: EraseRunner | None = None):
                                         elem_id="ce_group")
                     rank = gr.Number(value=0, precision=0, label="LoRA rank (0 = full weights)", elem_id="ce_rank")
                     seed = gr.Number(value=0, precision=0, label="Seed", elem_id="ce_seed")
-                grid = gr.Number(value=None, precision=0, elem_id="ce_grid",
-                                 label="Grid (dt only; empty = 4; for a style, finer than its texture)")
+                grid = gr.Number(value=0, precision=0, elem_id="ce_grid",
+                                 label="Grid (dt only; 0 = default: 4 for objects; for a style, finer than its "
+                                       "texture)")
                 measure = gr.Checkbox(value=False, visible=host.toy and host.judge_path is not None,
                                       label="Score before/after with the toy world's judge (slower)",
                                       elem_id="ce_measure")

@@ -51,7 +51,7 @@ def test_short_erasure_in_the_browser(app, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(url)
-            page.get_by_label("esd").check()  # the quickest method
+            page.get_by_label("dt", exact=True).check()  # the grid field left as the form shows it (0 = default)
             page.locator("#ce_concepts textarea").fill("circle")
             page.locator("#ce_preserve textarea").fill("a red solid square")
             page.locator("#ce_steps input").fill("3")

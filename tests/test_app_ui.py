@@ -71,6 +71,7 @@ def test_form_to_config():
     assert build_config("esd", "x", "", "", 5, 1e-4, "all", 0, 0).rank is None  # 0 = full weights
     assert build_config("dt", "x", "", "", 5, 1e-4, "all", 0, 0, grid=16).grid == 16
     assert build_config("dt", "x", "", "", 5, 1e-4, "all", 0, 0, grid=None).grid == 4
+    assert build_config("dt", "x", "", "", 5, 1e-4, "all", 0, 0, grid=0).grid == 4  # the form's untouched field
 
 
 def test_toy_world_uses_its_own_prompts():
