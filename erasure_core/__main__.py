@@ -162,6 +162,8 @@ def main(argv=None) -> int:
     erase.add_argument("--grid", type=int, help="DT: scrambled grid size")
     erase.add_argument("--drift-weight", dest="drift_weight", type=float, help="CG: λ on the unconditional drift")
     erase.add_argument("--eta", type=float, help="ESD: negative-guidance strength")
+    erase.add_argument("--preserve-weight", dest="preserve_weight", type=float,
+                       help="DT, CG: weight of the preservation term (DT 4, CG 10)")
     erase.add_argument("--batch-size", dest="batch_size", type=int)
     erase.add_argument("--seed", type=int)
     erase.add_argument("--preserve", dest="preserve_prompts", action="append", help="prompt to preserve (repeatable)")

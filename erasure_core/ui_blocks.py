@@ -100,7 +100,8 @@ def toy_options(method: str, concepts: list[str], preserve: list[str]) -> dict:
         from .__main__ import demo_dt_options
 
         demo = demo_dt_options(concepts[0])
-        options.update({k: demo[k] for k in ("batch_size", "images_per_prompt", "grid")})
+        # the measured toy settings the form has no field for (lr and group stay the form's)
+        options.update({k: demo[k] for k in ("batch_size", "images_per_prompt", "grid", "preserve_weight") if k in demo})
     return options
 
 

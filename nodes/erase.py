@@ -109,7 +109,7 @@ class EraseConceptDT(io.ComfyNode):
                     io.Int.Input("grid", default=4, min=2, max=512,
                                  tooltip="Scrambled grid size g (g×g patches); larger destroys more structure. 4 erases "
                                          "objects; for a style or texture, make the patches smaller than the texture "
-                                         "(up to the image side: single pixels) and train cross_attn at lr 1e-3. "
+                                         "(up to the image side: single pixels) and train cross_attn at lr 5e-4. "
                                          "Ignored when a dataset is connected (its own grid is used)."),
                     io.Int.Input("images_per_prompt", default=4, min=1, max=64,
                                  tooltip="Images the original model draws per concept prompt (no dataset connected)."),

@@ -49,3 +49,27 @@ def test_cli_erase_writes_the_three_files(tmp_path, capsys):
 def test_cli_reports_bad_input_by_field(capsys):
     assert main(["erase", "--method", "cg", "--concept", "circle", "--alternative", "circle", "--steps", "1"]) == 2
     assert "alternative: is the concept itself" in capsys.readouterr().err
+
+
+class _Captured(Exception):
+    pass
+
+
+def test_cli_uses_the_measured_toy_settings_per_kind_and_flags_override_them(monkeypatch):
+    import erasure_core.jobs as jobs
+
+    configs = []
+
+    def capture(model, method, config, *args, **kwargs):
+        configs.append(config)
+        raise _Captured
+
+    monkeypatch.setattr(jobs, "run_erasure", capture)
+    for argv in (["--concept", "striped"], ["--concept", "striped", "--preserve-weight", "2", "--lr", "1e-4"],
+                 ["--concept", "circle"]):
+        with pytest.raises(_Captured):
+            main(["erase", "--method", "dt", *argv])
+    style, overridden, shape = configs
+    assert (style.grid, style.group, style.lr, style.preserve_weight) == (32, "cross_attn", 5e-4, 16.0)
+    assert (overridden.lr, overridden.preserve_weight, overridden.grid) == (1e-4, 2.0, 32)
+    assert (shape.grid, shape.group, shape.lr, shape.preserve_weight) == (4, "all", DTConfig.lr, DTConfig.preserve_weight)
