@@ -84,7 +84,6 @@ def _progress_printer():
 def cmd_demo(args) -> int:
     from .jobs import run_erasure
     from .methods.dt import DTConfig
-    from .toyworld import evaluate as toy_eval
 
     model, _ = _load_model(None, None, "cpu")
     config = DTConfig(**demo_dt_options())

@@ -37,6 +37,14 @@ def module_key(name: str) -> str:
     return PREFIX + name.replace(".", "_")
 
 
+def split_key(key: str) -> tuple[str, str]:
+    """(module key, suffix) of one erasure tensor's key: `lora_unet_x.diff` -> (`lora_unet_x`, `.diff`)."""
+    for suffix in SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)], suffix
+    raise ErasureInputError("erasure", f"{key!r} is not a kohya LoRA key", "use tensors made by Concept Eraser")
+
+
 def to_state_dict(lora_layers=(), weight_deltas=None) -> dict[str, torch.Tensor]:
     """kohya tensors from LoRA layers [(name, down, up, alpha)] and/or full deltas {name: (dw, db)}."""
     sd: dict[str, torch.Tensor] = {}

@@ -1,6 +1,5 @@
 """The toy world: judge accuracy, offline loading, deterministic sampling, generation accuracy guard."""
 import numpy as np
-import pytest
 import torch
 from transformers import CLIPTokenizer
 

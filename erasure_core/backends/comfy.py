@@ -12,7 +12,6 @@ equivalent diffusers UNet.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 from torch import nn
@@ -23,6 +22,7 @@ import comfy.utils
 
 from .. import erasure_file
 from ..errors import ErasureInputError
+from .ldm import scheduler_config_for
 
 FINGERPRINT_KEY = "concept_eraser.unet_fingerprint"
 
@@ -59,16 +59,6 @@ def schedule_of(patcher) -> tuple[torch.Tensor, bool]:
                                 "connect an epsilon- or v-prediction SD1.x/SD2.x MODEL")
     sigmas = sigmas.detach().double().cpu()
     return (1.0 / (1.0 + sigmas ** 2)).float(), "V_PREDICTION" in kinds
-
-
-def scheduler_config_for(alphas_cumprod: torch.Tensor) -> dict:
-    """A diffusers scheduler config with exactly this ᾱ (as trained betas), for the core's DDIM sampling."""
-    a = alphas_cumprod.double()
-    prev = torch.cat([torch.ones(1, dtype=a.dtype), a[:-1]])
-    betas = (1 - a / prev).clamp(0, 0.999)
-    return {"num_train_timesteps": len(a), "trained_betas": betas.tolist(), "beta_schedule": "linear",
-            "prediction_type": "epsilon", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
-            "timestep_spacing": "leading"}
 
 
 class ComfyModel:
@@ -163,20 +153,13 @@ def ldm_to_diffusers_names(patcher) -> dict[str, str]:
     return {ldm[: -len(".weight")]: diff[: -len(".weight")] for diff, ldm in pairs.items() if diff.endswith(".weight")}
 
 
-def split_key(key: str) -> tuple[str, str]:
-    for suffix in erasure_file.SUFFIXES:
-        if key.endswith(suffix):
-            return key[: -len(suffix)], suffix
-    raise ErasureInputError("erasure", f"{key!r} is not a kohya LoRA key", "use tensors made by Concept Eraser")
-
-
 def to_diffusers_keys(state_dict: dict[str, torch.Tensor], patcher) -> dict[str, torch.Tensor]:
     """Rename kohya keys of ldm module paths (what training on the ComfyUI UNet gives) to diffusers paths."""
     rename = {erasure_file.module_key(ldm): erasure_file.module_key(diff)
               for ldm, diff in ldm_to_diffusers_names(patcher).items()}
     out = {}
     for key, tensor in state_dict.items():
-        module, suffix = split_key(key)
+        module, suffix = erasure_file.split_key(key)
         out[rename.get(module, module) + suffix] = tensor
     return out
 
@@ -241,7 +224,7 @@ def patched_clone(patcher, state_dict: dict[str, torch.Tensor], strength: float 
     """A fresh clone of `patcher` carrying the erasure as weight patches; `patcher` is untouched."""
     key_map = comfy.lora.model_lora_keys_unet(patcher.model, {})
     patches = comfy.lora.load_lora(state_dict, key_map, log_missing=False)
-    modules = {split_key(k)[0] for k in state_dict}
+    modules = {erasure_file.split_key(k)[0] for k in state_dict}
     if len(patches) < len(modules):
         raise ErasureInputError("erasure", f"only {len(patches)} of its {len(modules)} layers exist in this MODEL",
                                 "apply it to the model family it was made for (same base model)")

@@ -151,10 +151,7 @@ def to_diffusers_keys(state_dict: dict[str, torch.Tensor], unet: nn.Module) -> d
                 rename[erasure_file.module_key(name)] = erasure_file.module_key(diff)
     out = {}
     for key, tensor in state_dict.items():
-        suffix = next((s for s in erasure_file.SUFFIXES if key.endswith(s)), None)
-        if suffix is None:
-            raise ErasureInputError("erasure", f"{key!r} is not a kohya LoRA key", "use tensors made by Concept Eraser")
-        module = key[: -len(suffix)]
+        module, suffix = erasure_file.split_key(key)
         if module not in rename:
             raise ErasureInputError("erasure", f"layer {module!r} has no diffusers name",
                                     "train a parameter group of attention or res-block layers")

@@ -90,8 +90,8 @@ def test_cancel_stops_an_erasure(comfy):
                     elif event["type"] == "concept_eraser.loss":
                         last = event["data"]["step"]
                         assert last <= step + 2, "cancel is honoured within a step or two"
-                    if event["type"].startswith("execution_") and event["type"] not in ("execution_start",
-                                                                                      "execution_cached"):
+                    if event["type"] in ("execution_success", "execution_error", "execution_interrupted") and \
+                            event["data"].get("prompt_id") == prompt_id:
                         return event["type"]
 
     before = set((comfy.base / "models/loras").rglob("*.safetensors"))
