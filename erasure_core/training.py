@@ -38,6 +38,19 @@ def autocast_for(device: torch.device, precision: str = "auto"):
     return nullcontext()
 
 
+def adamw(params: list[torch.nn.Parameter], lr: float) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (CUDA, and CPU since torch 2.4), else torch's default implementation.
+
+    On 2 CPU threads the fused step plus gradient clipping took 56 ms on SD1.5's 44M cross-attention
+    weights against 221 ms multi-tensor and 130 ms per-tensor (the default), and 6.1 ms against
+    12.6 / 17.1 ms on the toy world's 181 tensors (bench/speed_decisions.md).
+    """
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
+    except (RuntimeError, ValueError):  # torch < 2.4 on CPU, or a device without the fused kernel
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
 def optimise(params: list[torch.nn.Parameter], loss_fn: Callable[[int], torch.Tensor], steps: int, lr: float,
              device: torch.device, progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
              grad_clip: float = 1.0, precision: str = "auto") -> list[float]:
@@ -47,8 +60,7 @@ def optimise(params: list[torch.nn.Parameter], loss_fn: Callable[[int], torch.Te
     NonFiniteLoss when the loss is NaN/inf; the caller discards its trainable copy either way.
     """
     check_schedule(steps, lr)
-    fused = device.type == "cuda"
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused, foreach=not fused)
+    opt = adamw(params, lr)
     losses: list[float] = []
     for step in range(steps):
         if should_cancel is not None and should_cancel():

@@ -104,3 +104,25 @@ def test_inference_tensors_are_copied_not_shared():
     x = torch.randn(2, 3, requires_grad=True)
     copy(x).sum().backward()  # autograd accepts the copy's weights
     assert x.grad is not None
+
+
+def test_training_uses_the_fused_adamw_and_it_steps_like_the_reference():
+    """The shared loop's AdamW is the fused kernel where torch has one (CPU since 2.4), and it takes the same
+    step as torch's default implementation."""
+    from erasure_core.training import adamw
+
+    torch.manual_seed(0)
+    start = [torch.randn(5, 7), torch.randn(7)]
+    grads = [torch.randn_like(p) for p in start]
+    fused_params = [torch.nn.Parameter(p.clone()) for p in start]
+    reference_params = [torch.nn.Parameter(p.clone()) for p in start]
+    fused, reference = adamw(fused_params, 1e-2), torch.optim.AdamW(reference_params, lr=1e-2, weight_decay=0.0)
+    assert fused.defaults["fused"] is True
+    for _ in range(3):
+        for params, opt in ((fused_params, fused), (reference_params, reference)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(fused_params, reference_params):
+        assert torch.allclose(a, b, atol=1e-6)
+        assert not torch.equal(a, start[0] if a.ndim == 2 else start[1])
