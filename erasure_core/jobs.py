@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from . import figures
 from .methods import METHODS
 from .methods.common import EraseConfig, ErasureResult

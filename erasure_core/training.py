@@ -41,9 +41,9 @@ def autocast_for(device: torch.device, precision: str = "auto"):
 def adamw(params: list[torch.nn.Parameter], lr: float) -> torch.optim.AdamW:
     """AdamW with the fused kernel (CUDA, and CPU since torch 2.4), else torch's default implementation.
 
-    On 2 CPU threads the fused step plus gradient clipping took 56 ms on SD1.5's 44M cross-attention
-    weights against 221 ms multi-tensor and 130 ms per-tensor (the default), and 6.1 ms against
-    12.6 / 17.1 ms on the toy world's 181 tensors (bench/speed_decisions.md).
+    On 2 CPU threads, gradient clipping plus the fused step took 58 ms on SD1.5's 44M cross-attention
+    weights against 164 ms multi-tensor and 128 ms per-tensor (torch's CPU default), and 4.6 ms against
+    14.0 / 15.9 ms on the toy world's 181 ESD-u tensors (`python bench/adamw.py`).
     """
     try:
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)

@@ -109,7 +109,9 @@ class EraseConceptDT(io.ComfyNode):
                     io.Int.Input("grid", default=4, min=2, max=512,
                                  tooltip="Scrambled grid size g (g×g patches); larger destroys more structure. 4 erases "
                                          "objects; for a style or texture, make the patches smaller than the texture "
-                                         "(up to the image side: single pixels) and train cross_attn at lr 5e-4. "
+                                         "(up to the image side: single pixels) and train cross_attn at lr 5e-4 "
+                                         "(the toy world's fills also used preserve weight 16, a library/CLI "
+                                         "option). "
                                          "Ignored when a dataset is connected (its own grid is used)."),
                     io.Int.Input("images_per_prompt", default=4, min=1, max=64,
                                  tooltip="Images the original model draws per concept prompt (no dataset connected)."),
