@@ -107,45 +107,51 @@ def build_model(world: str, device: str, pixels: int, weights: str | None = None
 
 # -- the two loops ------------------------------------------------------------------------------
 
-def plain_diffusers_loop(model, group: str, batch: int, steps: int, precision: str, on_step) -> None:
-    """diffusers' train_text_to_image.py loop, on precomputed latents and text embeddings.
+class PlainDiffusersLoop:
+    """diffusers' train_text_to_image.py loop, on precomputed latents and text embeddings, a step at a time.
 
-    Only `group`'s weights train (requires_grad), so it does the same backward work as a method
-    on that group; everything else is the example's code with its default settings.
+    Only `group`'s weights of `unet` train (requires_grad), so it does the same backward work as a
+    method on that group; everything else is the example's code with its default settings.
     """
-    import torch.nn.functional as F
-    from diffusers import DDPMScheduler
 
-    from erasure_core.trainable import select_modules
-    from erasure_core.training import autocast_for
+    def __init__(self, model, unet, group: str, batch: int, precision: str):
+        from diffusers import DDPMScheduler
 
-    unet = model.unet
-    unet.requires_grad_(False)
-    params = [p for _, m in select_modules(unet, group) for p in m.parameters(recurse=False)]
-    for p in params:
-        p.requires_grad_(True)
-    unet.train()
-    noise_scheduler = DDPMScheduler.from_config(model.scheduler_config)
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    gen = torch.Generator().manual_seed(0)
-    latents_pool = torch.randn(4 * batch, *model.latent_shape, generator=gen).to(model.device)
-    context_pool = model.encode_text([f"prompt {i}" for i in range(4 * batch)])
-    train_loss = 0.0
-    for _ in range(steps):
-        pick = torch.randint(len(latents_pool), (batch,), generator=gen).to(model.device)
-        latents, encoder_hidden_states = latents_pool[pick], context_pool[pick]
+        from erasure_core.trainable import select_modules
+
+        self.model, self.unet, self.batch, self.precision = model, unet, batch, precision
+        unet.requires_grad_(False)
+        self.params = [p for _, m in select_modules(unet, group) for p in m.parameters(recurse=False)]
+        for p in self.params:
+            p.requires_grad_(True)
+        unet.train()
+        self.noise_scheduler = DDPMScheduler.from_config(model.scheduler_config)
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4)
+        self.gen = torch.Generator().manual_seed(0)
+        self.latents_pool = torch.randn(4 * batch, *model.latent_shape, generator=self.gen).to(model.device)
+        self.context_pool = model.encode_text([f"prompt {i}" for i in range(4 * batch)])
+        self.train_loss = 0.0
+
+    def step(self) -> None:
+        import torch.nn.functional as F
+
+        from erasure_core.training import autocast_for
+
+        device = self.model.device
+        pick = torch.randint(len(self.latents_pool), (self.batch,), generator=self.gen).to(device)
+        latents, encoder_hidden_states = self.latents_pool[pick], self.context_pool[pick]
         noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), device=model.device).long()
-        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-        with autocast_for(model.device, precision):
-            model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (self.batch,),
+                                  device=device).long()
+        noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        with autocast_for(device, self.precision):
+            model_pred = self.unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
         loss = F.mse_loss(model_pred.float(), noise.float(), reduction="mean")
-        train_loss += loss.item()
+        self.train_loss += loss.item()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        on_step()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
 
 
 def method_options(world: str, method: str, latent_side: int, batch: int, steps: int, short_setup: bool) -> dict:
@@ -199,11 +205,26 @@ def peak_memory(device: str) -> int:
     return torch.cuda.max_memory_allocated() if device == "cuda" else process_memory("VmHWM")
 
 
+def run_method(model, spec: dict, on_step) -> None:
+    """The library's own erase_* call for spec's method, with `on_step` as its progress callback."""
+    from erasure_core.methods import METHODS
+
+    if spec.get("variant"):
+        patch_trainable(spec["variant"])
+    config_cls, erase = METHODS[spec["loop"]]
+    opts = method_options(spec["world"], spec["loop"], model.latent_shape[1], spec["batch"], spec["steps"],
+                          spec["short_setup"])
+    opts.update(group=spec["group"], **spec.get("options", {}))
+    erase(model, config_cls(**opts), progress=on_step)
+
+
 def measure(spec: dict) -> dict:
     """One row, in this process: step times, setup and total seconds, peak memory."""
     device = spec["device"]
     rss_before = process_memory("VmRSS")
     model = build_model(spec["world"], device, spec["pixels"], spec.get("weights"))
+    if spec.get("paired"):
+        return measure_paired(model, spec)
     stamps = []
 
     def on_step(*_):
@@ -214,20 +235,14 @@ def measure(spec: dict) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    options = spec.get("options", {})
     if spec["loop"] == "plain":
-        plain_diffusers_loop(model, spec["group"], spec["batch"], spec["steps"], options.get("precision", "auto"),
-                             on_step)
+        loop = PlainDiffusersLoop(model, model.unet, spec["group"], spec["batch"],
+                                  spec.get("options", {}).get("precision", "auto"))
+        for _ in range(spec["steps"]):
+            loop.step()
+            on_step()
     else:
-        from erasure_core.methods import METHODS
-
-        if spec.get("variant"):
-            patch_trainable(spec["variant"])
-        config_cls, erase = METHODS[spec["loop"]]
-        opts = method_options(spec["world"], spec["loop"], model.latent_shape[1], spec["batch"], spec["steps"],
-                              spec["short_setup"])
-        opts.update(group=spec["group"], **options)
-        erase(model, config_cls(**opts), progress=on_step)
+        run_method(model, spec, on_step)
     total = time.perf_counter() - started
     step_times = [b - a for a, b in zip(stamps, stamps[1:])]  # the first step (warm-up) is left out
     return {"step_s": statistics.median(step_times), "steps_timed": len(step_times),
@@ -235,6 +250,41 @@ def measure(spec: dict) -> dict:
             "first_step_at_s": stamps[0] - started, "peak_bytes": peak_memory(device),
             "attention": sorted({type(p).__name__ for p in model.unet.attn_processors.values()}),
             "process_bytes_before_model": rss_before if device == "cpu" else 0}
+
+
+def measure_paired(model, spec: dict) -> dict:
+    """The method and the plain loop in one process, alternating step by step.
+
+    After each of the method's steps, its progress callback runs one plain-loop step on a copy of
+    the same UNet (its own trained weights, everything else shared): both loops see the same
+    machine state, so a slow moment of a shared CPU hits both and cancels in each pair's ratio.
+    """
+    from erasure_core.trainable import select_modules, shared_copy
+
+    device = spec["device"]
+    precision = spec.get("options", {}).get("precision", "auto")
+    names = [n for n, _ in select_modules(model.unet, spec["group"])]
+    plain = PlainDiffusersLoop(model, shared_copy(model.unet, names), spec["group"], spec["batch"], precision)
+    marks = []  # (method step ended, plain step ended)
+
+    def now() -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_step(*_):
+        method_done = now()
+        plain.step()
+        marks.append((method_done, now()))
+
+    run_method(model, spec, on_step)
+    # Step k of the method runs from the end of plain step k-1 to its own end; the first pair is warm-up.
+    method_s = [m - p_prev for (_, p_prev), (m, _) in zip(marks, marks[1:])]
+    plain_s = [p - m for m, p in marks[1:]]
+    speedups = [p / m for m, p in zip(method_s, plain_s)]
+    return {"method_step_s": statistics.median(method_s), "plain_step_s": statistics.median(plain_s),
+            "pairs_timed": len(speedups), "speedup_steps": statistics.median(speedups),
+            "speedup_min_max": [min(speedups), max(speedups)]}
 
 
 def run_row(spec: dict, log) -> dict:
@@ -257,7 +307,8 @@ TOY_GROUPS = {"esd": "no_cross_attn", "cg": "cross_attn", "dt": "all"}  # bench/
 
 
 def main_specs(device: str, quick: bool) -> list[dict]:
-    """Each method and the plain loop on the same group, batch and precision."""
+    """Each method and the plain loop on the same group, batch and precision: each loop in its own process
+    (memory, time to a finished erasure), then each method paired with the plain loop (the ratio)."""
     specs = []
     if device == "cpu":
         toy_steps = 20 if quick else 300
@@ -265,18 +316,29 @@ def main_specs(device: str, quick: bool) -> list[dict]:
             common = dict(world="toy", device="cpu", pixels=32, group=group, batch=16, short_setup=quick)
             specs.append(dict(common, loop=method, steps=toy_steps))
             specs.append(dict(common, loop="plain", steps=min(toy_steps, 40)))
+            specs.append(dict(common, loop=method, steps=8 if quick else 40, short_setup=True, paired=True))
         # Full size on CPU: every row trains the cross_attn group (DT's default "all" at full weights needs
         # two UNet copies + grads + two AdamW moments, ~21 GB): same trainable weights as the plain row.
         common = dict(world="sd15", device="cpu", pixels=256, group="cross_attn", batch=1, short_setup=True)
-        for loop in ("plain", "esd", "cg", "dt"):  # 8 steps: with 3 timed, one slow step moved a median by 20%
-            specs.append(dict(common, loop=loop, steps=3 if quick else 9))
+        for loop in ("plain", "esd", "cg", "dt"):
+            specs.append(dict(common, loop=loop, steps=3 if quick else 5))
+        for loop in ("esd", "cg", "dt"):  # 10 pairs: with 3 timed steps, one slow step moved a median by 20%
+            specs.append(dict(common, loop=loop, steps=3 if quick else 10, paired=True))
     else:
         # Each method's own default group; one plain row per group.
+        common = dict(world="sd15", device="cuda", pixels=512, batch=4, short_setup=True, steps=12)
         for loop, group in (("plain", "cross_attn"), ("esd", "cross_attn"), ("cg", "cross_attn"), ("plain", "all"),
                             ("dt", "all")):
-            specs.append(dict(world="sd15", device="cuda", pixels=512, group=group, batch=4, short_setup=True,
-                              loop=loop, steps=12))
+            specs.append(dict(common, loop=loop, group=group))
+            if loop != "plain":
+                specs.append(dict(common, loop=loop, group=group, paired=True))
     return specs
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it bf16 is emulated and slow."""
+    flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def option_specs(device: str, quick: bool, with_compile: bool) -> list[dict]:
@@ -288,7 +350,7 @@ def option_specs(device: str, quick: bool, with_compile: bool) -> list[dict]:
     shipped, lora = ("shipped", {}, ""), ("LoRA rank 4", {"rank": 4}, "")
     variants = {"cg": [shipped, lora],
                 "dt": [shipped, lora, ("checkpointing", {"checkpointing": True}, ""),
-                       ("bf16 autocast", {"precision": "bf16"}, ""),
+                       *([("bf16 autocast", {"precision": "bf16"}, "")] if native_bf16() else []),
                        ("channels_last (bench only)", {}, "channels_last")]}
     for method, group in TOY_GROUPS.items():
         common = dict(world="toy", device="cpu", pixels=32, loop=method, group=group, batch=16,
@@ -298,8 +360,9 @@ def option_specs(device: str, quick: bool, with_compile: bool) -> list[dict]:
             specs.append(dict(common, option=name, options=options, variant=variant))
     common = dict(world="sd15", device="cpu", pixels=256, group="cross_attn", batch=1, steps=3 if quick else 4,
                   short_setup=True)
-    specs += [dict(common, loop="esd", option="bf16 autocast", options={"precision": "bf16"}),
-              dict(common, loop="plain", option="bf16 autocast", options={"precision": "bf16"})]
+    if native_bf16():
+        specs += [dict(common, loop="esd", option="bf16 autocast", options={"precision": "bf16"}),
+                  dict(common, loop="plain", option="bf16 autocast", options={"precision": "bf16"})]
     return specs
 
 
@@ -308,8 +371,8 @@ def option_specs(device: str, quick: bool, with_compile: bool) -> list[dict]:
 def device_info(device: str) -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor() or platform.machine())
-    info = {"cpu": cpu, "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "platform": platform.platform()}
+    info = {"cpu": cpu, "cpu_threads": torch.get_num_threads(), "cpu_native_bf16": native_bf16(),
+            "torch": torch.__version__, "platform": platform.platform()}
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     import diffusers
@@ -319,20 +382,32 @@ def device_info(device: str) -> dict:
 
 
 def add_rates(rows: list[dict]) -> None:
-    """steps/s, trained rows/s, and the ratio to the plain row of the same world, group and precision."""
-    for r in rows:
-        if "error" in r:
-            continue
+    """steps/s, trained rows/s, and the ratio to the plain loop: from the method's paired row where there is
+    one (same process, alternating steps), else from the plain row of the same world, group and precision."""
+    own = [r for r in rows if "error" not in r and not r.get("paired")]
+    for r in own:
         trained = STEP_WORK[r["loop"]][0] * r["batch"]
         r["steps_per_s"] = 1 / r["step_s"]
         r["trained_rows_per_s"] = trained / r["step_s"]
-    for r in rows:
-        plain = next((p for p in rows if p["loop"] == "plain" and "error" not in p and "error" not in r
-                      and all(p[k] == r[k] for k in ("world", "group", "batch", "device"))
-                      and p.get("options", {}).get("precision") == r.get("options", {}).get("precision")), None)
-        if plain is not None and r["loop"] != "plain":
+    for r in own:
+        if r["loop"] == "plain":
+            continue
+        paired = next((p for p in rows if p.get("paired") and same_setting(p, r) and p["device"] == r["device"]
+                       and precision(p) == precision(r)), None)
+        plain = next((p for p in own if p["loop"] == "plain" and precision(p) == precision(r)
+                      and all(p[k] == r[k] for k in ("world", "group", "batch", "device"))), None)
+        if paired is not None:
+            r["pair"] = {k: paired[k] for k in ("method_step_s", "plain_step_s", "pairs_timed", "speedup_steps",
+                                                  "speedup_min_max")}
+            r["ratio_steps"] = paired["speedup_steps"]
+        elif plain is not None:
             r["ratio_steps"] = r["steps_per_s"] / plain["steps_per_s"]
-            r["ratio_rows"] = r["trained_rows_per_s"] / plain["trained_rows_per_s"]
+        if "ratio_steps" in r:
+            r["ratio_rows"] = r["ratio_steps"] * STEP_WORK[r["loop"]][0] / STEP_WORK["plain"][0]
+
+
+def precision(row: dict) -> str | None:
+    return row.get("options", {}).get("precision")
 
 
 def same_setting(row: dict, other: dict) -> bool:
@@ -344,19 +419,24 @@ def gib(n: float) -> str:
 
 
 def main_table(rows: list[dict], world: str, device: str = "cpu") -> list[str]:
-    lines = ["| loop | group | batch | step (ms) | steps/s | trained rows/s | ÷ plain (steps/s) | ÷ plain (rows/s) "
-             "| peak mem (GiB) | finished erasure (s) |", "|" + "---|" * 10]
-    for r in (r for r in rows if r["world"] == world and r["device"] == device):
+    lines = ["| loop | group | batch | step (ms) | steps/s | trained rows/s | paired step (ms): method / plain "
+             "| ÷ plain (steps/s) | ÷ plain (rows/s) | peak mem (GiB) | finished erasure (s) |", "|" + "---|" * 11]
+    for r in (r for r in rows if r["world"] == world and r["device"] == device and not r.get("paired")):
         if "error" in r:
-            lines.append(f"| {r['loop']} | {r['group']} | {r['batch']} | error: {r['error']} |" + " |" * 6)
+            lines.append(f"| {r['loop']} | {r['group']} | {r['batch']} | error: {r['error']} |" + " |" * 7)
             continue
         finished = f"{r['total_s']:.1f} ({r['steps']} steps)" if world == "toy" and r["loop"] != "plain" else "—"
         if world == "sd15" and r["loop"] != "plain":  # the setup was cut short; project the shipped 200 steps
             finished = f"~{200 * r['step_s']:.0f} (training only, 200 steps projected)"
+        pair = r.get("pair")
+        paired = (f"{1000 * pair['method_step_s']:.0f} / {1000 * pair['plain_step_s']:.0f} "
+                  f"({pair['pairs_timed']} pairs)") if pair else "—"
+        ratio = lambda key: f"{r[key]:.2f}" if key in r else ("1.00" if r["loop"] == "plain" else "—")  # noqa: E731
         lines.append(f"| {r['loop']} | {r['group']} | {r['batch']} | {1000 * r['step_s']:.0f} | {r['steps_per_s']:.2f} "
-                     f"| {r['trained_rows_per_s']:.1f} | {r.get('ratio_steps', 1.0):.2f} "
-                     f"| {r.get('ratio_rows', 1.0):.2f} | {gib(r['peak_bytes'])} | {finished} |")
-    return lines
+                     f"| {r['trained_rows_per_s']:.3g} | {paired} | {ratio('ratio_steps')} | {ratio('ratio_rows')} "
+                     f"| {gib(r['peak_bytes'])} | {finished} |")
+    errors = [r for r in rows if r["world"] == world and r["device"] == device and r.get("paired") and "error" in r]
+    return lines + [f"\nPaired run of {r['loop']} failed: {r['error']}" for r in errors]
 
 
 def option_table(rows: list[dict]) -> list[str]:
@@ -379,7 +459,10 @@ def markdown(report: dict) -> str:
     lines = [f"Measured by `{report['command']}` in {report['seconds']:.0f} s on {d['cpu']} ({d['cpu_threads']} torch "
              f"threads{', ' + d['gpu'] if 'gpu' in d else ''}), torch {d['torch']}, diffusers {d['diffusers']}. "
              "Each row is a fresh subprocess; step time is the median over the steps after the first. Rows run "
-             "one after another on a shared CPU, so differences of ~10% between two rows can be noise.", "",
+             "one after another on a shared CPU, so differences of ~10% between two rows can be noise: the "
+             "ratio to the plain loop therefore comes from a **paired** run, in which the method's own erase_* "
+             "call runs one plain-loop step (on a copy of the same UNet) after each of its steps, so the two "
+             "alternate in one process; the ratio is the median over pairs of plain step ÷ method step.", "",
              "A **step** is one optimiser update at the given batch. Rows per batch element in one step:", ""]
     lines += [f"- `{k}`: {v[1]}" for k, v in STEP_WORK.items()]
     lines += ["", "**trained rows/s** = UNet rows that get a forward+backward per second (batch × rows per element "
@@ -410,11 +493,14 @@ def markdown(report: dict) -> str:
     if any(r["device"] == "cuda" for r in rows):
         lines += main_table(rows, "sd15", "cuda") + [""]
     if report["option_rows"]:
+        skipped = "" if report["device"].get("cpu_native_bf16", True) or report["device"].get("gpu") else (
+            " The bf16 autocast rows were not run: this CPU has no native bf16 (no avx512_bf16 or amx_bf16 flag), "
+            "where bf16 is emulated and slower than fp32.")
         lines += ["### Speed and memory options (CPU)", "",
                   "Each option against the 'shipped' control row run next to it (full-size: the main row above); "
                   "'vs shipped' > 1 = faster. Toy rows: "
                   f"{report['option_rows'][0]['steps']} steps with a short setup; full-size rows as above. "
-                  "'bench only' options are not library options: they were measured and left out.", ""]
+                  "'bench only' options are not library options: they were measured and left out." + skipped, ""]
         lines += option_table(report["option_rows"]) + [""]
     notes = BENCH / "speed_decisions.md"
     if notes.exists():
@@ -428,9 +514,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="few steps everywhere (for development)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compiling)")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one row in this process
+    parser.add_argument("--render", action="store_true", help="only rewrite OUT/speed.md from OUT/speed.json")
     args = parser.parse_args(argv)
     if args.row:
         print("ROW " + json.dumps(measure(json.loads(args.row))), flush=True)
+        return 0
+    if args.render:
+        out = Path(args.out)
+        write_markdown(out / "speed.md", json.loads((out / "speed.json").read_text()))
         return 0
     started = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -441,28 +532,34 @@ def main(argv=None) -> int:
             save_random_sd15(Path(weights))
         rows = [run_row(dict(s, weights=weights), log) for s in specs]
         option_rows = [run_row(dict(s, weights=weights), log) for s in option]
-    for r in option_rows:  # an option's baseline: its "shipped" control row, else the main row of its loop
-        r["baseline"] = next((m for m in option_rows if m.get("option") == "shipped" and same_setting(m, r)),
-                             next((m for m in rows if same_setting(m, r)), None))
-    add_rates(rows)
-    add_rates(option_rows)
     command = "python bench/speed.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     gpu_note = ("GPU half not run: no GPU available (torch.cuda.is_available() is False); on a GPU the same "
                 "command times each method and the plain loop at 512 px in bf16 autocast." if device == "cpu"
                 else f"Run on {torch.cuda.get_device_name()}: random weights and stub text encoder as on CPU, "
                 "batch 4, each method on its own default group.")
     report = {"command": command, "device": device_info(device), "seconds": time.time() - started,
-              "gpu_note": gpu_note, "rows": rows,
-              "option_rows": [{k: v for k, v in r.items() if k != "baseline"} for r in option_rows]}
+              "gpu_note": gpu_note, "rows": rows, "option_rows": option_rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from erasure_core.jobs import write_json
 
+    add_rates(rows)
+    add_rates(option_rows)
     write_json(out / "speed.json", report)
-    report["option_rows"] = option_rows  # markdown needs the baselines; the json keeps only the measured rows
-    (out / "speed.md").write_text(markdown(report))
-    print(markdown(report))
+    print(write_markdown(out / "speed.md", report))
     return 0
+
+
+def write_markdown(path: Path, report: dict) -> str:
+    """speed.md from a report (as measured, or as read back from speed.json)."""
+    option_rows = [dict(r) for r in report["option_rows"]]
+    own = [r for r in report["rows"] if not r.get("paired")]
+    for r in option_rows:  # an option's baseline: its "shipped" control row, else the main row of its loop
+        r["baseline"] = next((m for m in option_rows if m.get("option") == "shipped" and same_setting(m, r)),
+                             next((m for m in own if same_setting(m, r)), None))
+    text = markdown({**report, "option_rows": option_rows})
+    path.write_text(text)
+    return text
 
 
 if __name__ == "__main__":
