@@ -54,6 +54,15 @@ def training_inputs(steps: int, lr: float, group: str) -> list:
     ]
 
 
+def preserve_weight_input(default: float) -> io.Float.Input:
+    # Last and optional: saved workflows list widget values by position, and API prompts name their inputs, so
+    # those made before this input still run (with the method's default).
+    return io.Float.Input("preserve_weight", default=default, min=0.0, max=100.0, step=0.5, optional=True,
+                          tooltip="How strongly the preserve prompts keep the original model's predictions "
+                                  "(0 turns that term off). Raise it when unrelated images change; the toy world's "
+                                  "style erasures with Degeneration-Tuning used 16.")
+
+
 OUTPUTS = [
     io.Model.Output(display_name="MODEL", tooltip="A new MODEL with the concept erased (the input MODEL is unchanged)."),
     io.LoraModel.Output(display_name="erasure",
@@ -110,21 +119,23 @@ class EraseConceptDT(io.ComfyNode):
                                  tooltip="Scrambled grid size g (g×g patches); larger destroys more structure. 4 erases "
                                          "objects; for a style or texture, make the patches smaller than the texture "
                                          "(up to the image side: single pixels) and train cross_attn at lr 5e-4 "
-                                         "(the toy world's fills also used preserve weight 16, a library/CLI "
-                                         "option). "
+                                         "with preserve_weight 16 (the toy world's fill settings). "
                                          "Ignored when a dataset is connected (its own grid is used)."),
                     io.Int.Input("images_per_prompt", default=4, min=1, max=64,
                                  tooltip="Images the original model draws per concept prompt (no dataset connected)."),
+                    preserve_weight_input(DTConfig.preserve_weight),
                     Dataset.Input("dataset", optional=True,
                                   tooltip="Your own concept images from Scrambled Grid Dataset (optional).")],
             outputs=OUTPUTS, hidden=[io.Hidden.unique_id])
 
     @classmethod
     def execute(cls, model, clip, vae, concept, preserve, templates, steps, learning_rate, rank, parameter_group,
-                batch_size, sampling_steps, image_size, seed, grid, images_per_prompt, dataset=None) -> io.NodeOutput:
+                batch_size, sampling_steps, image_size, seed, grid, images_per_prompt,
+                preserve_weight=DTConfig.preserve_weight, dataset=None) -> io.NodeOutput:
         config = DTConfig(**common_config(concept, preserve, templates, steps, learning_rate, rank, parameter_group,
                                           batch_size, sampling_steps, seed),
-                          grid=int(grid), images_per_prompt=int(images_per_prompt))
+                          grid=int(grid), images_per_prompt=int(images_per_prompt),
+                          preserve_weight=float(preserve_weight))
         if dataset is not None:
             config.concept_images, config.grid = dataset["images"].clone(), int(dataset["grid"])
         return run(cls, "Degeneration-Tuning", erase_dt, config, model, clip, vae, image_size)
@@ -145,18 +156,19 @@ class EraseConceptCG(io.ComfyNode):
                     io.Int.Input("trajectories_per_prompt", default=2, min=1, max=32,
                                  tooltip="Sampling runs of the original model per concept prompt used for training."),
                     io.Float.Input("drift_weight", default=1.0, min=0.0, max=100.0, step=0.1,
-                                   tooltip="How strongly the model's unconditional prediction is held in place (λ).")],
+                                   tooltip="How strongly the model's unconditional prediction is held in place (λ)."),
+                    preserve_weight_input(CGConfig.preserve_weight)],
             outputs=OUTPUTS, hidden=[io.Hidden.unique_id])
 
     @classmethod
     def execute(cls, model, clip, concept, alternative, preserve, templates, steps, learning_rate, rank,
                 parameter_group, batch_size, sampling_steps, image_size, seed, trajectories_per_prompt,
-                drift_weight) -> io.NodeOutput:
+                drift_weight, preserve_weight=CGConfig.preserve_weight) -> io.NodeOutput:
         base = common_config(concept, preserve, templates, steps, learning_rate, rank, parameter_group, batch_size,
                              sampling_steps, seed)
         alts = lines(alternative)
         if len(alts) == 1 and len(base["concepts"]) > 1:
             alts = alts * len(base["concepts"])  # one alternative for every concept
         config = CGConfig(**base, alternatives=alts, trajectories_per_prompt=int(trajectories_per_prompt),
-                          drift_weight=float(drift_weight))
+                          drift_weight=float(drift_weight), preserve_weight=float(preserve_weight))
         return run(cls, "Classifier-guidance erasure", erase_cg, config, model, clip, None, image_size)

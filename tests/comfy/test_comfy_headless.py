@@ -115,6 +115,29 @@ def test_cg_node_fresh_model_and_input_untouched(pack, tiny):
     assert torch.allclose(eps(core, clip, "a photo of a circle"), after, atol=1e-5)
 
 
+def test_preserve_weight_widget_reaches_the_training(pack, tiny):
+    """Both erase nodes take preserve_weight last and optional (older saved workflows and API prompts still run),
+    default to the method's own weight, and train with the value given."""
+    from erasure_core.methods.cg import CGConfig
+    from erasure_core.methods.dt import DTConfig
+
+    for node, default in (("ConceptEraser_EraseDT", DTConfig.preserve_weight),
+                          ("ConceptEraser_EraseCG", CGConfig.preserve_weight)):
+        inputs = pack[node].GET_NODE_INFO_V1()["input"]
+        assert "preserve_weight" not in inputs["required"]
+        assert inputs["optional"]["preserve_weight"][1]["default"] == default
+        widgets = [n for section in ("required", "optional") for n, v in inputs[section].items()
+                   if v[0] in ("INT", "FLOAT", "STRING", "BOOLEAN") or isinstance(v[0], list)]
+        assert widgets[-1] == "preserve_weight", "a new widget goes last, after every saved workflow's values"
+    model, clip, _ = tiny
+    default = run_cg(pack, model, clip).args[2]["loss"]
+    assert run_cg(pack, model, clip, preserve_weight=CGConfig.preserve_weight).args[2]["loss"] == default
+    off = run_cg(pack, model, clip, preserve_weight=0.0).args[2]["loss"]
+    # Step 1 trains the original weights, where preservation costs nothing; after that the term weighs in.
+    assert off[0] == pytest.approx(default[0], rel=1e-3)
+    assert off[1:] != pytest.approx(default[1:], rel=1e-3)
+
+
 def test_cancel_mid_run_leaves_input_untouched(pack, tiny, monkeypatch):
     import comfy.model_management as mm
     from erasure_core.backends import comfy as backend
