@@ -1,4 +1,6 @@
 """Loading is offline only: a missing local config is a clear error, never a download."""
+import re
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -29,3 +31,50 @@ def test_pickle_checkpoint_is_refused(tmp_path):
     torch.save({"state_dict": {}}, ckpt)
     with pytest.raises(ErasureInputError, match="never opened"):
         load_diffusers_model(ckpt)
+
+
+def ldm_checkpoint_of(model, comfy_utils, convert_vae_state_dict, unet_config: dict) -> dict[str, torch.Tensor]:
+    """A diffusers model's weights in the single-file ldm layout that A1111, Forge and ComfyUI save
+    (ComfyUI's own key maps do the renaming)."""
+    unet_keys = comfy_utils.unet_to_diffusers(unet_config)  # diffusers name -> ldm name
+    sd = {f"model.diffusion_model.{unet_keys[k]}": v for k, v in model.unet.state_dict().items()}
+    # ComfyUI's VAE map numbers the decoder levels for SD's four (ldm up.3 = diffusers up_blocks.0); renumber them
+    # for this VAE's own depth, as ldm does.
+    shift = 4 - len(model.vae.config.block_out_channels)
+    vae = {re.sub(r"^decoder\.up\.(\d+)\.", lambda m: f"decoder.up.{int(m[1]) - shift}.", k): v
+           for k, v in convert_vae_state_dict(model.vae.state_dict()).items()}
+    sd |= {f"first_stage_model.{k}": v for k, v in vae.items()}
+    text = {k.removeprefix("text_model."): v for k, v in model.text_encoder.state_dict().items()}  # either transformers
+    sd |= {f"cond_stage_model.transformer.text_model.{k}": v for k, v in text.items()}
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def test_single_file_checkpoint_loads_as_its_diffusers_folder(tmp_path, toy_model, monkeypatch):
+    """The toy model saved as one ldm-layout .safetensors, loaded with the toy folder as its config: offline,
+    the same weights in every component and the same noise prediction as the folder."""
+    from comfy_paths import REPO, import_comfy
+
+    reason = import_comfy()
+    if reason:
+        pytest.skip(reason)
+    import comfy.utils
+    from comfy.diffusers_convert import convert_vae_state_dict
+
+    from erasure_core.toyworld import MODEL_DIR
+
+    monkeypatch.syspath_prepend(str(REPO / "tests" / "comfy"))
+    from comfy_tiny import unet_config_for
+
+    ckpt = tmp_path / "toy-single-file.safetensors"
+    layout = unet_config_for(dict(toy_model.unet.config))
+    save_file(ldm_checkpoint_of(toy_model, comfy.utils, convert_vae_state_dict, layout), str(ckpt))
+    single = load_diffusers_model(ckpt, config=MODEL_DIR)
+    for part in ("unet", "vae", "text_encoder"):
+        mine, theirs = getattr(single, part).state_dict(), getattr(toy_model, part).state_dict()
+        assert mine.keys() == theirs.keys(), part
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine), part
+    x = torch.randn(2, *toy_model.latent_shape, generator=torch.Generator().manual_seed(0))
+    t, ctx = torch.tensor([100, 700]), toy_model.encode_text(["a red circle", "a blue square"])
+    assert torch.equal(single.encode_text(["a red circle", "a blue square"]), ctx)
+    with torch.no_grad():
+        assert torch.equal(single.predict_noise(single.unet, x, t, ctx), toy_model.predict_noise(toy_model.unet, x, t, ctx))
