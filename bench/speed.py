@@ -3,7 +3,9 @@
     python bench/speed.py [--out DIR] [--quick] [--compile]
 
 Writes DIR/speed.json and DIR/speed.md (default DIR: bench/results). Every row runs in its own
-subprocess, so its peak memory (CUDA peak allocated on a GPU, peak RSS on CPU) is its own.
+subprocess, so its peak memory (CUDA peak allocated on a GPU, peak RSS on CPU) is its own. The
+ratio to the plain loop comes from a paired row: the method and the plain loop alternating step
+by step in one process (`measure_paired`), so both see the same machine and allocator state.
 Worlds:
 - toy:  the toy world (16x16x4 latents) on CPU, each method with the settings bench/quality.py
         uses, run to a finished erasure (300 steps);
