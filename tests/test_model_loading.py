@@ -33,10 +33,14 @@ def test_pickle_checkpoint_is_refused(tmp_path):
         load_diffusers_model(ckpt)
 
 
-def ldm_checkpoint_of(model, comfy_utils, convert_vae_state_dict, unet_config: dict) -> dict[str, torch.Tensor]:
+def ldm_checkpoint_of(model) -> dict[str, torch.Tensor]:
     """A diffusers model's weights in the single-file ldm layout that A1111, Forge and ComfyUI save
-    (ComfyUI's own key maps do the renaming)."""
-    unet_keys = comfy_utils.unet_to_diffusers(unet_config)  # diffusers name -> ldm name
+    (ComfyUI's own key maps do the renaming; ComfyUI and tests/comfy must be importable)."""
+    import comfy.utils
+    from comfy.diffusers_convert import convert_vae_state_dict
+    from comfy_tiny import unet_config_for
+
+    unet_keys = comfy.utils.unet_to_diffusers(unet_config_for(dict(model.unet.config)))  # diffusers name -> ldm name
     sd = {f"model.diffusion_model.{unet_keys[k]}": v for k, v in model.unet.state_dict().items()}
     # ComfyUI's VAE map numbers the decoder levels for SD's four (ldm up.3 = diffusers up_blocks.0); renumber them
     # for this VAE's own depth, as ldm does.
@@ -57,17 +61,11 @@ def test_single_file_checkpoint_loads_as_its_diffusers_folder(tmp_path, toy_mode
     reason = import_comfy()
     if reason:
         pytest.skip(reason)
-    import comfy.utils
-    from comfy.diffusers_convert import convert_vae_state_dict
-
     from erasure_core.toyworld import MODEL_DIR
 
     monkeypatch.syspath_prepend(str(REPO / "tests" / "comfy"))
-    from comfy_tiny import unet_config_for
-
     ckpt = tmp_path / "toy-single-file.safetensors"
-    layout = unet_config_for(dict(toy_model.unet.config))
-    save_file(ldm_checkpoint_of(toy_model, comfy.utils, convert_vae_state_dict, layout), str(ckpt))
+    save_file(ldm_checkpoint_of(toy_model), str(ckpt))
     single = load_diffusers_model(ckpt, config=MODEL_DIR)
     for part in ("unet", "vae", "text_encoder"):
         mine, theirs = getattr(single, part).state_dict(), getattr(toy_model, part).state_dict()

@@ -118,16 +118,17 @@ def test_cg_node_fresh_model_and_input_untouched(pack, tiny):
 def test_preserve_weight_widget_reaches_the_training(pack, tiny):
     """Both erase nodes take preserve_weight last and optional (older saved workflows and API prompts still run),
     default to the method's own weight, and train with the value given."""
+    from workflows import input_specs, is_widget
+
     from erasure_core.methods.cg import CGConfig
     from erasure_core.methods.dt import DTConfig
 
     for node, default in (("ConceptEraser_EraseDT", DTConfig.preserve_weight),
                           ("ConceptEraser_EraseCG", CGConfig.preserve_weight)):
-        inputs = pack[node].GET_NODE_INFO_V1()["input"]
-        assert "preserve_weight" not in inputs["required"]
-        assert inputs["optional"]["preserve_weight"][1]["default"] == default
-        widgets = [n for section in ("required", "optional") for n, v in inputs[section].items()
-                   if v[0] in ("INT", "FLOAT", "STRING", "BOOLEAN") or isinstance(v[0], list)]
+        info = pack[node].GET_NODE_INFO_V1()
+        assert "preserve_weight" not in info["input"]["required"]
+        assert info["input"]["optional"]["preserve_weight"][1]["default"] == default
+        widgets = [name for name, spec in input_specs(info) if is_widget(spec)]  # the frontend's order
         assert widgets[-1] == "preserve_weight", "a new widget goes last, after every saved workflow's values"
     model, clip, _ = tiny
     default = run_cg(pack, model, clip).args[2]["loss"]
