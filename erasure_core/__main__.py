@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from .errors import ErasureError
+from . import checks
+from .errors import ErasureError, ErasureInputError
 
 
 def _toy_judge():
@@ -59,6 +61,12 @@ def cmd_erase(args) -> int:
         for key, value in toy.items():
             options.setdefault(key, value)
     config = config_cls(**options)
+    if args.save_merged:  # checked with everything else, before any work
+        merged = Path(args.save_merged)
+        need = sum(p.numel() * 4 for m in (model.unet, model.vae, model.text_encoder) for p in m.parameters())
+        if merged.exists() and not merged.is_dir():
+            raise ErasureInputError("save merged", f"{merged} is a file, not a folder", "choose a new folder name")
+        checks.output_folder(merged.parent if not merged.exists() else merged, need, "save merged")
     out = run_erasure(model, args.method, config, args.out, judge=_toy_judge() if is_toy else None,
                       progress=_progress_printer(), log=lambda m: print(m, flush=True))
     print_report(out.report)
@@ -191,6 +199,12 @@ def main(argv=None) -> int:
     except ErasureError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug, not bad input: one line, and the traceback where it helps
+        if os.environ.get("CONCEPT_ERASER_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc}\n(run again with CONCEPT_ERASER_DEBUG=1 to see "
+              "where it happened, and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -23,10 +23,11 @@ class NonFiniteLoss(ErasureError):
 
 
 class ErasureOutOfMemory(ErasureError, MemoryError):
-    """The device ran out of memory; the message gives concrete ways to need less."""
+    """The device (GPU, or the CPU's RAM) ran out of memory; the message gives concrete ways to need less."""
 
     ADVICE = ("use a LoRA (rank 4-8) instead of full weights, a smaller batch size, the 'cross_attn' parameter "
-              "group, or gradient checkpointing; close other programs using the GPU")
+              "group, or gradient checkpointing")
 
-    def __init__(self, where: str):
-        super().__init__(f"out of memory while {where}. Fix: {self.ADVICE}.")
+    def __init__(self, where: str, device_type: str = "cuda"):
+        other = "close other programs using the GPU" if device_type == "cuda" else "close other programs using memory"
+        super().__init__(f"out of memory while {where}. Fix: {self.ADVICE}; {other}.")

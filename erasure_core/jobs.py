@@ -10,11 +10,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import figures
+from . import checks, figures
+from .errors import ErasureInputError
 from .methods import METHODS
 from .methods.common import EraseConfig, ErasureResult
+from .naming import erasure_stem, path_inside
 from .safe_files import atomic_path
 from .sampling import sample_images
+from .trainable import delta_bytes
+from .training import memory_advice
 
 GENERIC_PRESERVE = ["a photo of a dog", "a landscape painting", "a city street", "a bowl of fruit"]
 
@@ -37,11 +41,27 @@ def write_json(path: Path, data: dict) -> Path:
 def run_erasure(model, method: str, config: EraseConfig, out_dir: str | Path | None = None, judge=None,
                 progress=None, should_cancel=None, log=print) -> JobOutput:
     """Erase with `method`; with `judge` (toy world) score before/after; write files into `out_dir`."""
+    if method not in METHODS:
+        raise ErasureInputError("method", f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
     erase = METHODS[method][1]
     config.validate()
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+    erasure_path = None
+    if out_dir is not None:  # every file's place checked before any work, so nothing is lost at save time
+        erasure_path = output_path(out_dir, config, method, model)
+    with memory_advice("drawing and judging the before/after images", getattr(model.device, "type", "cpu")):
+        return _run(model, method, erase, config, out_dir, erasure_path, judge, progress, should_cancel, log)
+
+
+def output_path(out_dir: str | Path, config: EraseConfig, method: str, model=None) -> Path:
+    """Where the erasure file of this job goes: directly inside `out_dir`, whatever the concept's text, in a
+    folder that was tried for writing and has room for it."""
+    name = f"{erasure_stem(config.concepts, method)}.safetensors"
+    need = delta_bytes(model.unet, config.group, config.rank) + 2**20 if model is not None else 0
+    folder = checks.output_folder(out_dir, need)
+    return path_inside(folder, name, "concept")
+
+
+def _run(model, method, erase, config, out_dir, erasure_path, judge, progress, should_cancel, log) -> JobOutput:
     concept = config.concepts[0]
     started = time.time()
     report: dict = {"method": method, "concept": ", ".join(config.concepts),
@@ -90,10 +110,10 @@ def run_erasure(model, method: str, config: EraseConfig, out_dir: str | Path | N
         report["divergence"] = float((other_after - other_imgs).abs().mean())
     report["total_seconds"] = round(time.time() - started, 1)
 
-    erasure_path = grid_path = report_path = None
+    grid_path = report_path = None
     if out_dir is not None:
-        name = result.metadata["ss_output_name"]
-        erasure_path = result.save(out_dir / f"{name}.safetensors")
+        out_dir = Path(out_dir)
+        erasure_path = result.save(erasure_path)
         grid_path = figures.comparison_grid(
             out_dir / "comparison.png", figures.spread(concept_imgs, 8), figures.spread(concept_after, 8),
             figures.spread(other_imgs, 8), figures.spread(other_after, 8), concept)

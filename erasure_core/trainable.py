@@ -136,3 +136,17 @@ def weight_deltas(original: nn.Module, tuned: nn.Module, group: str) -> dict[str
             db = (changed.bias.detach().float() - module.bias.detach().float()).cpu()
         deltas[name] = (dw, db)
     return deltas
+
+
+def delta_bytes(unet: nn.Module, group: str, rank: int | None = None) -> int:
+    """Bytes of the float32 tensors an erasure of `group` saves: full deltas (weights and biases) or, with
+    `rank`, LoRA pairs (rank x (out + in) each, plus alpha). Used to check the disk before training."""
+    total = 0
+    for _, module in select_modules(unet, group):
+        w = module.weight
+        if rank is None:
+            total += w.numel() + (module.bias.numel() if module.bias is not None else 0)
+        else:
+            total += rank * (w.shape[0] + w[0].numel()) + 1
+    return 4 * total
+

@@ -5,26 +5,40 @@ bars, cancel buttons and failure handling behave the same in every host.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Callable
 
 import torch
 
-from .errors import ErasureCancelled, ErasureInputError, ErasureOutOfMemory, NonFiniteLoss
+from . import checks
+from .errors import ErasureCancelled, ErasureOutOfMemory, NonFiniteLoss
 
 ProgressFn = Callable[[int, int, float], None]  # (step done, total steps, loss)
 CancelFn = Callable[[], bool]
 
 
 def check_schedule(steps: int, lr: float) -> None:
-    if not isinstance(steps, int) or steps < 1:
-        raise ErasureInputError("steps", f"must be a whole number of at least 1, got {steps!r}", "use e.g. 200")
-    if not (isinstance(lr, (int, float)) and lr == lr and 0 < lr <= 0.1):
-        raise ErasureInputError("learning rate", f"must be a number in (0, 0.1], got {lr!r}",
-                                "use e.g. 1e-4 (full weights) or 1e-3 (LoRA)")
+    checks.steps(steps)
+    checks.learning_rate(lr)
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
+CPU_OUT_OF_MEMORY = ("DefaultCPUAllocator", "not enough memory")  # torch's CPU allocator, in its RuntimeError
+
+
+@contextmanager
+def memory_advice(where: str, device_type: str = "cuda"):
+    """Turn an out-of-memory error of the GPU or the CPU into ErasureOutOfMemory with the advice."""
+    try:
+        yield
+    except ErasureOutOfMemory:
+        raise
+    except (torch.OutOfMemoryError, MemoryError):
+        raise ErasureOutOfMemory(where, device_type) from None
+    except RuntimeError as exc:
+        if any(sign in str(exc) for sign in CPU_OUT_OF_MEMORY):
+            raise ErasureOutOfMemory(where, "cpu") from None
+        raise
 
 
 def autocast_for(device: torch.device, precision: str = "auto"):
@@ -65,17 +79,16 @@ def optimise(params: list[torch.nn.Parameter], loss_fn: Callable[[int], torch.Te
     for step in range(steps):
         if should_cancel is not None and should_cancel():
             raise ErasureCancelled(f"cancelled at step {step} of {steps}; nothing was changed or written")
-        try:
+        with memory_advice(f"training (step {step + 1})", device.type):
             with autocast_for(device, precision):
                 loss = loss_fn(step)
             value = float(loss.detach())
             if value != value or value in (float("inf"), float("-inf")):
                 raise NonFiniteLoss(f"the loss became {value} at step {step + 1}; the input model is untouched. "
-                                    "Fix: lower the learning rate (e.g. divide it by 10)")
+                                    "Fix: lower the learning rate (e.g. divide it by 10), or a loss weight you "
+                                    "raised (preserve weight, drift weight λ, η)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-        except torch.OutOfMemoryError:
-            raise ErasureOutOfMemory(f"training (step {step + 1})") from None
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()

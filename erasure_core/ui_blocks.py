@@ -250,8 +250,10 @@ def summary(report: dict, saved: Path | None) -> str:
 
 def run_folder(out_dir: Path, method: str, concepts: list[str]) -> Path:
     """A fresh folder per run, so runs never overwrite each other's files."""
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", "_".join(concepts))[:40].strip("-") or "concept"
-    base = Path(out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}_{method}_{slug}"
+    from .naming import path_inside, safe_stem
+
+    base = path_inside(out_dir, f"{time.strftime('%Y%m%d-%H%M%S')}_{method}_{safe_stem('_'.join(concepts), 48)}",
+                       "concept")
     folder, n = base, 1
     while folder.exists():
         n += 1
@@ -300,7 +302,7 @@ class EraseRunner:
             self._lock.release()
 
     def _run(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, progress, grid):
-        from .jobs import run_erasure
+        from .jobs import output_path, run_erasure
         from .sampling import sample_images
 
         host = self.host
@@ -308,6 +310,8 @@ class EraseRunner:
                               grid=grid)
         progress(0.0, desc="loading the model")
         model = host.load_model()
+        folder = run_folder(host.out_dir, method, config.concepts)
+        output_path(folder, config, method, model)  # the folder is writable and has room: checked before any work
         prompts, _ = gallery_prompts(config, host.toy)
         seeds = list(range(len(prompts)))  # the same seeds before and after
         progress(0.0, desc="sampling the 'before' images")
@@ -321,7 +325,6 @@ class EraseRunner:
             from .toyworld.judge import load_judge
 
             judge = load_judge(host.judge_path)
-        folder = run_folder(host.out_dir, method, config.concepts)
         job = run_erasure(model, method, config, folder, judge=judge, progress=on_step,
                           should_cancel=self._should_cancel, log=host.log)
         progress(1.0, desc="sampling the 'after' images")

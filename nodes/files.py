@@ -9,8 +9,10 @@ from comfy_api.latest import io, ui
 
 import folder_paths
 from erasure_core.backends import comfy as backend
+from erasure_core import checks
 from erasure_core.erasure_file import load_erasure, save_erasure
 from erasure_core.errors import ErasureInputError
+from erasure_core.naming import is_portable, path_inside
 
 from .common import CATEGORY, ErasureLora
 
@@ -21,18 +23,37 @@ def erasure_files() -> list[str]:
 
 
 def target_path(prefix: str) -> Path:
-    """<first loras folder>/<prefix>_NNNNN.safetensors, refusing paths that leave the folder."""
-    root = Path(folder_paths.get_folder_paths("loras")[0]).resolve()
+    """<loras folder>/<prefix>_NNNNN.safetensors by ComfyUI's own rules for a filename prefix (sub-folders
+    allowed, nothing outside the folder), refusing a prefix that names the folder itself or leaves it."""
+    root = os.path.realpath(folder_paths.get_folder_paths("loras")[0])
     prefix = (prefix or "").strip().removesuffix(".safetensors")
+    fix = "use a name such as 'erasures/no_dogs' (sub-folders allowed, no '..')"
     if not prefix:
-        raise ErasureInputError("filename_prefix", "is empty", "type a name such as 'erasures/no_dogs'")
-    base = (root / prefix).resolve()
-    if os.path.commonpath([root, base]) != str(root):
-        raise ErasureInputError("filename_prefix", f"{prefix!r} points outside the loras folder",
-                                "use a relative name without '..', e.g. 'erasures/no_dogs'")
+        raise ErasureInputError("filename_prefix", "is empty", fix)
+    bad = checks.control_character(prefix)
+    if bad:
+        raise ErasureInputError("filename_prefix", f"contains the control character {bad}", fix)
+    normal = os.path.normpath(prefix)
+    parts = Path(normal).parts
+    if os.path.isabs(prefix) or ".." in parts:
+        raise ErasureInputError("filename_prefix", f"{prefix!r} points outside the loras folder", fix)
+    if normal == ".":
+        raise ErasureInputError("filename_prefix", f"{prefix!r} names the loras folder itself, not a file in it", fix)
+    for part in parts:
+        if not is_portable(part):
+            raise ErasureInputError("filename_prefix", f"{part!r} is not a file name that works on every system "
+                                    "(no \\ : * ? \" < > |, no trailing dot or space, not a reserved name like CON)", fix)
+    try:  # ComfyUI's own rules for a prefix; it refuses folders outside the output folder with a bare Exception
+        folder, filename, _, _, _ = folder_paths.get_save_image_path(prefix, root)
+    except Exception:
+        raise ErasureInputError("filename_prefix", f"{prefix!r} points outside the loras folder", fix) from None
+    stem = f"{filename}_00001"
     n = 1
-    while (path := base.parent / f"{base.name}_{n:05d}.safetensors").exists():
+    while (path := path_inside(folder, f"{stem}.safetensors", "filename_prefix")).exists():
         n += 1
+        stem = f"{filename}_{n:05d}"
+    if os.path.commonpath([root, str(path)]) != root:  # a linked sub-folder that leads elsewhere
+        raise ErasureInputError("filename_prefix", f"{prefix!r} points outside the loras folder", fix)
     return path
 
 
@@ -55,7 +76,7 @@ class SaveErasure(io.ComfyNode):
                                     "metadata, and other trainers use other key names)",
                                     "save other LoRAs with the core Save LoRA node")
         path = save_erasure(target_path(filename_prefix), dict(erasure), erasure.metadata)
-        root = Path(folder_paths.get_folder_paths("loras")[0]).resolve()
+        root = Path(os.path.realpath(folder_paths.get_folder_paths("loras")[0]))
         name = path.relative_to(root).as_posix()
         return io.NodeOutput(name, ui=ui.PreviewText(f"saved {name}"))
 

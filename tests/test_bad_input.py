@@ -61,7 +61,7 @@ def test_images_of_mixed_sizes_from_a_list():
 
 @pytest.mark.parametrize("steps", [0, -5])
 def test_steps_not_positive(steps):
-    with pytest.raises(ErasureInputError, match="^steps: must be a whole number of at least 1"):
+    with pytest.raises(ErasureInputError, match="^steps: must be a whole number from 1 to 100000"):
         optimise([torch.nn.Parameter(torch.zeros(1))], lambda s: torch.zeros(()), steps, 1e-4, torch.device("cpu"))
 
 

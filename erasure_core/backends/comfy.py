@@ -20,7 +20,7 @@ import comfy.lora
 import comfy.model_management as mm
 import comfy.utils
 
-from .. import erasure_file
+from .. import checks, erasure_file
 from ..errors import ErasureInputError
 from .ldm import scheduler_config_for
 
@@ -220,8 +220,23 @@ def check_fingerprint(metadata: dict[str, str], patcher, field: str = "erasure f
                                 "apply it to the model family it was made for (same base model)")
 
 
+def check_tensors(state_dict: dict[str, torch.Tensor], patcher) -> None:
+    """Every layer of an erasure checked against this MODEL's UNet (shapes, ranks, finite values) before
+    ComfyUI multiplies anything out; files name layers by diffusers or ldm paths, both accepted."""
+    rename = ldm_to_diffusers_names(patcher)
+    shapes = {}
+    for name, module in erasure_file.layers(patcher.model.diffusion_model):
+        shape = (tuple(module.weight.shape), None if module.bias is None else tuple(module.bias.shape))
+        shapes[erasure_file.module_key(name)] = shape
+        if name in rename:
+            shapes[erasure_file.module_key(rename[name])] = shape
+    erasure_file.check_erasure(state_dict, shapes)
+
+
 def patched_clone(patcher, state_dict: dict[str, torch.Tensor], strength: float = 1.0):
     """A fresh clone of `patcher` carrying the erasure as weight patches; `patcher` is untouched."""
+    checks.real_number("strength", strength, -100.0, 100.0, "use e.g. 1.0 (0 = no change)")
+    check_tensors(state_dict, patcher)
     key_map = comfy.lora.model_lora_keys_unet(patcher.model, {})
     patches = comfy.lora.load_lora(state_dict, key_map, log_missing=False)
     modules = {erasure_file.split_key(k)[0] for k in state_dict}

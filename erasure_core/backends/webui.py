@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .. import erasure_file
+from ..naming import unique_path
 from ..errors import ErasureInputError
 from .ldm import LdmModel, to_diffusers_keys, unet_layout
 
@@ -174,14 +175,6 @@ def sd1_fingerprint() -> str:
 
     with torch.device("meta"):  # shapes only
         return erasure_file.unet_fingerprint(UNet2DConditionModel(**SD1_DIFFUSERS_CONFIG))
-
-
-def unique_path(folder: Path, stem: str, suffix: str = ".safetensors") -> Path:
-    path, n = folder / f"{stem}{suffix}", 1
-    while path.exists():
-        n += 1
-        path = folder / f"{stem}_{n}{suffix}"
-    return path
 
 
 def portable_file(result, unet: nn.Module, checkpoint_name: str | None = None,

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import ErasureInputError
+from .. import checks
 from ..model import DiffusionModel
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
-from .common import EraseConfig, ErasureResult, finish
+from .common import EraseConfig, ErasureResult, finish, guard_memory
 from .trajectories import PreserveRows, frozen_predictions, preserve_pool, sample_trajectories
 
 
@@ -32,8 +32,10 @@ class CGConfig(EraseConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.drift_weight >= 0:
-            raise ErasureInputError("drift weight (λ)", f"must be ≥ 0, got {self.drift_weight}", "use e.g. 1.0")
+        self.drift_weight = checks.weight("drift weight (λ)", self.drift_weight, 1.0)
+        self.preserve_weight = checks.weight("preserve weight", self.preserve_weight, 10.0)
+        self.trajectories_per_prompt = checks.whole_number("trajectories per prompt", self.trajectories_per_prompt, 1,
+                                                           checks.MAX_PER_PROMPT, "use e.g. 2")
 
 
 def cg_loss(model: DiffusionModel, tuned, x_t, t, concept_ctx, uncond_ctx, target_guidance, frozen_uncond,
@@ -59,6 +61,7 @@ def cg_loss(model: DiffusionModel, tuned, x_t, t, concept_ctx, uncond_ctx, targe
     return loss
 
 
+@guard_memory
 def erase_cg(model: DiffusionModel, config: CGConfig, progress: ProgressFn | None = None,
              should_cancel: CancelFn | None = None) -> ErasureResult:
     """Run the classifier-guidance erasure; the model's own UNet is not modified."""

@@ -1,6 +1,7 @@
 """What every erasure method shares: the request, its validation, and the result."""
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -8,10 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import erasure_file
+from .. import checks, erasure_file
 from ..errors import ErasureInputError
+from ..naming import erasure_stem
 from ..trainable import GROUPS, lora_layers, weight_deltas
-from ..training import PRECISIONS
+from ..training import PRECISIONS, memory_advice
 
 # Generic prompt templates for a concept in a real model; "{}" is the concept.
 DEFAULT_TEMPLATES = ("{}", "a photo of {}", "a painting of {}", "an image of {}", "a picture of {}, detailed")
@@ -41,36 +43,47 @@ class EraseConfig:
     precision: str = "auto"
 
     def validate(self) -> None:
+        """Check every option before any work; an ErasureInputError names the field and the fix."""
         if isinstance(self.concepts, str):
             self.concepts = [self.concepts]
-        self.concepts = [c.strip() if isinstance(c, str) else c for c in self.concepts]
-        if not self.concepts or any(not isinstance(c, str) or not c for c in self.concepts):
+        if not self.concepts or not isinstance(self.concepts, (list, tuple)):
             raise ErasureInputError("concept", "is empty", "type the concept to erase, e.g. 'circle'")
+        self.concepts = [checks.prompt_text("concept", c) for c in self.concepts]
         if not self.alternatives:
             self.alternatives = [None] * len(self.concepts)
         if len(self.alternatives) != len(self.concepts):
             raise ErasureInputError("alternative", f"{len(self.alternatives)} alternatives for {len(self.concepts)} "
                                     "concepts", "give one alternative per concept (or none at all)")
-        self.alternatives = [(a.strip() or None) if isinstance(a, str) else None for a in self.alternatives]
+        self.alternatives = [checks.prompt_text("alternative", a) if isinstance(a, str) and a.strip() else None
+                             for a in self.alternatives]
         for concept, alt in zip(self.concepts, self.alternatives):
             if alt is not None and alt.lower() == concept.lower():
                 raise ErasureInputError("alternative", f"is the concept itself ({alt!r})",
                                         "name a different concept, or leave the alternative empty")
+        self.preserve_prompts = [checks.prompt_text("preserve prompts", p, "leave the line out")
+                                 for p in self.preserve_prompts if isinstance(p, str) and p.strip()]
         for concept in self.concepts:
             templates = self.templates_for(concept)
-            if not templates or any("{}" not in t for t in templates):
-                raise ErasureInputError("templates", f"every prompt template for {concept!r} must contain {{}} where "
-                                        "the concept goes", "use templates such as 'a photo of {}'")
+            if not templates:
+                raise ErasureInputError("templates", f"there is no prompt template for {concept!r}",
+                                        "use templates such as 'a photo of {}'")
+            for template in templates:
+                checks.prompt_template(template)
         if self.group not in GROUPS:
             raise ErasureInputError("parameter group", f"unknown group {self.group!r}", f"use one of {', '.join(GROUPS)}")
-        if self.rank is not None and (not isinstance(self.rank, int) or self.rank < 1):
-            raise ErasureInputError("rank", f"must be a whole number ≥ 1, got {self.rank!r}",
-                                    "use e.g. 4, or leave it empty to train full weights")
+        if self.rank is not None:
+            self.rank = checks.whole_number("rank", self.rank, 1, checks.MAX_RANK,
+                                            "use e.g. 4, or leave it empty to train full weights")
         if self.precision not in PRECISIONS:
             raise ErasureInputError("precision", f"unknown precision {self.precision!r}",
                                     f"use one of {', '.join(PRECISIONS)}")
-        if self.batch_size < 1:
-            raise ErasureInputError("batch size", f"must be at least 1, got {self.batch_size}", "use e.g. 8")
+        self.steps = checks.steps(self.steps)
+        self.lr = checks.learning_rate(self.lr)
+        self.seed = checks.seed(self.seed)
+        self.batch_size = checks.whole_number("batch size", self.batch_size, 1, checks.MAX_BATCH, "use e.g. 8")
+        self.sample_steps = checks.whole_number("sampling steps", self.sample_steps, 1, checks.MAX_SAMPLING_STEPS,
+                                                "use e.g. 25")
+        self.guidance = checks.real_number("guidance", self.guidance, 0.0, 100.0, "use e.g. 7.5")
 
     def templates_for(self, concept: str) -> list[str]:
         if isinstance(self.templates, dict):
@@ -109,10 +122,21 @@ def finish(method: str, config: EraseConfig, original: nn.Module, tuned: nn.Modu
         sd = erasure_file.to_state_dict(weight_deltas=weight_deltas(original, tuned, config.group))
     else:
         sd = erasure_file.to_state_dict(lora_layers=list(lora_layers(tuned)))
-    info = {"method": method, "steps": len(losses), **{k: v for k, v in asdict(config).items() if k not in ("templates", "concept_images")},
-            "name": f"erase_{'_'.join(c.replace(' ', '-') for c in config.concepts)}_{method}"}
+    info = {"method": method, "steps": len(losses),
+            **{k: v for k, v in asdict(config).items() if k not in ("templates", "concept_images")},
+            "name": erasure_stem(config.concepts, method)}
     metadata = erasure_file.build_metadata(original, info)
     return ErasureResult(method, config, tuned, sd, metadata, losses, time.time() - started)
+
+
+def guard_memory(erase):
+    """Out of memory anywhere in an erasure (the frozen model's images and trajectories, training) on the GPU
+    or the CPU ends with ErasureOutOfMemory and its advice, not a raw allocator error."""
+    @functools.wraps(erase)
+    def run(model, config, *args, **kwargs):
+        with memory_advice(f"running {erase.__name__.removeprefix('erase_')}", getattr(model.device, "type", "cpu")):
+            return erase(model, config, *args, **kwargs)
+    return run
 
 
 def random_timesteps(batch: int, generator: torch.Generator, device, low: int = 0, high: int = 1000) -> torch.Tensor:

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import checks
 from ..errors import ErasureInputError
 from ..model import DiffusionModel
 from ..sampling import sample_images
 from ..scrambled_grid import scramble_grid
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
-from .common import EraseConfig, ErasureResult, add_noise, finish, random_timesteps
+from .common import EraseConfig, ErasureResult, add_noise, finish, guard_memory, random_timesteps
 from .trajectories import PreserveRows, preserve_pool
 
 
@@ -46,13 +47,14 @@ class DTConfig(EraseConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not isinstance(self.grid, int) or self.grid < 2:
-            raise ErasureInputError("grid size", f"must be a whole number ≥ 2, got {self.grid!r}", "use e.g. 4")
-        if not isinstance(self.scrambles_per_image, int) or self.scrambles_per_image < 1:
-            raise ErasureInputError("scrambles per image", f"must be a whole number ≥ 1, got {self.scrambles_per_image!r}",
-                                    "use e.g. 8")
-        if self.preserve_weight < 0:
-            raise ErasureInputError("preserve weight", f"must be ≥ 0, got {self.preserve_weight}", "use e.g. 1.0")
+        self.grid = checks.whole_number("grid size", self.grid, 2, 4096, "use e.g. 4")
+        self.scrambles_per_image = checks.whole_number("scrambles per image", self.scrambles_per_image, 1,
+                                                       checks.MAX_PER_PROMPT, "use e.g. 8")
+        self.images_per_prompt = checks.whole_number("images per prompt", self.images_per_prompt, 1,
+                                                     checks.MAX_PER_PROMPT, "use e.g. 4")
+        self.preserve_images_per_prompt = checks.whole_number(
+            "preserve images per prompt", self.preserve_images_per_prompt, 1, checks.MAX_PER_PROMPT, "use e.g. 4")
+        self.preserve_weight = checks.weight("preserve weight", self.preserve_weight, 4.0)
 
 
 def dt_loss(model: DiffusionModel, tuned, z0, context, noise, t, keep: PreserveRows | None = None,
@@ -107,6 +109,7 @@ def scrambled_latents(model: DiffusionModel, images: torch.Tensor, grid: int, pe
     return torch.cat(latents), index
 
 
+@guard_memory
 def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | None = None,
              should_cancel: CancelFn | None = None) -> ErasureResult:
     """Run Degeneration-Tuning; the model's own UNet is not modified."""

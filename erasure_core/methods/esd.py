@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import checks
 from ..model import DiffusionModel
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
-from .common import EraseConfig, ErasureResult, finish
+from .common import EraseConfig, ErasureResult, finish, guard_memory
 from .trajectories import frozen_predictions, sample_trajectories
 
 
@@ -28,12 +29,19 @@ class ESDConfig(EraseConfig):
     group: str = "cross_attn"  # ESD-x
     lr: float = 1e-4
 
+    def validate(self) -> None:
+        super().validate()
+        self.eta = checks.weight("eta (η)", self.eta, 1.0)
+        self.trajectories_per_prompt = checks.whole_number("trajectories per prompt", self.trajectories_per_prompt, 1,
+                                                           checks.MAX_PER_PROMPT, "use e.g. 2")
+
 
 def esd_loss(model: DiffusionModel, tuned, x_t, t, concept_ctx, target) -> torch.Tensor:
     """||eps_θ(x_t, c_e) − (eps*(x_t, ∅) − η (eps*(x_t, c_e) − eps*(x_t, ∅)))||²."""
     return F.mse_loss(model.predict_noise(tuned, x_t, t, concept_ctx).float(), target)
 
 
+@guard_memory
 def erase_esd(model: DiffusionModel, config: ESDConfig, progress: ProgressFn | None = None,
               should_cancel: CancelFn | None = None) -> ErasureResult:
     config.validate()

@@ -244,6 +244,54 @@ def test_bad_input_names_the_field(pack, tiny):
                                                   filename_prefix="../../escape")
 
 
+@pytest.mark.parametrize("prefix, problem", [
+    (".", "names the loras folder itself"), ("./", "names the loras folder itself"),
+    ("erasures/..", "names the loras folder itself"), ("../../escape", "points outside the loras folder"),
+    ("/tmp/escape", "points outside the loras folder"), ("erasures/../../x", "points outside the loras folder"),
+    ("a:b", "not a file name that works on every system"), ("CON", "not a file name that works on every system"),
+    ("x\x00y", "control character"), ("", "is empty"),
+])
+def test_save_erasure_refuses_prefixes_that_leave_or_name_the_folder(pack, comfy_env, prefix, problem):
+    """ComfyUI's own prefix rules, and nothing written beside models/loras: before, '.' or 'erasures/..' wrote
+    next to the loras folder and failed with a raw ValueError."""
+    from erasure_core.errors import ErasureInputError
+
+    files = pack["ConceptEraser_SaveErasure"].__module__
+    target_path = sys.modules[files].target_path
+    before = sorted(p.name for p in comfy_env.iterdir())
+    with pytest.raises(ErasureInputError, match=f"^filename_prefix: .*{problem}"):
+        target_path(prefix)
+    assert sorted(p.name for p in comfy_env.iterdir()) == before
+
+
+def test_save_erasure_prefix_with_sub_folders_and_spaces(pack, comfy_env):
+    files = sys.modules[pack["ConceptEraser_SaveErasure"].__module__]
+    path = files.target_path("my erasures/no dogs")
+    assert path == (comfy_env / "loras" / "my erasures" / "no dogs_00001.safetensors").resolve()
+
+
+def test_load_erasure_refuses_hostile_tensors_before_comfy_multiplies_them(pack, tiny, comfy_env):
+    """A NaN delta or a LoRA whose product is not the layer's shape never reaches ComfyUI's patches."""
+    from safetensors.torch import save_file
+
+    from erasure_core.errors import ErasureInputError
+
+    from erasure_core.backends.comfy import ldm_to_diffusers_names
+    from erasure_core.erasure_file import module_key
+
+    model, _, _ = tiny
+    ldm = next(n for n, _ in model.model.diffusion_model.named_modules() if n.endswith("attn2.to_k"))
+    key = module_key(ldm_to_diffusers_names(model)[ldm])
+    weight = model.model.diffusion_model.get_submodule(ldm).weight
+    for name, tensors, problem in (
+            ("nan.safetensors", {f"{key}.diff": torch.full(weight.shape, float("nan"))}, "NaN or infinite"),
+            ("bomb.safetensors", {f"{key}.lora_up.weight": torch.zeros(20000, 1),
+                                  f"{key}.lora_down.weight": torch.zeros(1, 20000)}, "for a weight of shape")):
+        save_file(tensors, str(comfy_env / "loras" / name))
+        with pytest.raises(ErasureInputError, match=problem):
+            pack["ConceptEraser_LoadErasure"].execute(model=model, lora_name=name, strength=1.0)
+
+
 def test_compare_node(pack, tiny):
     model, clip, vae = tiny
     erased = run_cg(pack, model, clip).args[0]
