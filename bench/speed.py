@@ -207,8 +207,14 @@ def peak_memory(device: str) -> int:
     return torch.cuda.max_memory_allocated() if device == "cuda" else process_memory("VmHWM")
 
 
-def run_method(model, spec: dict, on_step) -> None:
-    """The library's own erase_* call for spec's method, with `on_step` as its progress callback."""
+def run_method(model, spec: dict, on_step) -> dict:
+    """The library's own erase_* call for spec's method, with `on_step` as its progress callback; returns the
+    memory plan of the run and the peak memory of its training phase (CPU: resident memory, the high-water mark
+    reset just before training; CUDA: peak allocated from there)."""
+    import ctypes
+    import importlib
+
+    from erasure_core.memory import plan_memory
     from erasure_core.methods import METHODS
 
     if spec.get("variant"):
@@ -217,7 +223,30 @@ def run_method(model, spec: dict, on_step) -> None:
     opts = method_options(spec["world"], spec["loop"], model.latent_shape[1], spec["batch"], spec["steps"],
                           spec["short_setup"])
     opts.update(group=spec["group"], **spec.get("options", {}))
-    erase(model, config_cls(**opts), progress=on_step)
+    config = config_cls(**opts)
+    config.validate()
+    plan = plan_memory(model, spec["loop"], config, available=None)
+    module = importlib.import_module(f"erasure_core.methods.{spec['loop']}")
+    optimise, training = module.optimise, {}
+
+    def measured(*args, **kwargs):
+        if spec["device"] == "cuda":
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            before = process_memory("VmRSS")
+            Path("/proc/self/clear_refs").write_text("5")  # the high-water mark starts again from here
+        losses = optimise(*args, **kwargs)
+        training["training_peak_bytes"] = peak_memory(spec["device"]) - before
+        return losses
+
+    module.optimise = measured
+    erase(model, config, progress=on_step)
+    return {"plan_bytes": plan.total, "plan_parts_bytes": plan.parts, "plan_settings": plan.settings,
+            "plan_training_bytes": sum(v for k, v in plan.parts.items() if not k.startswith(("frozen", "cached"))),
+            **training}
 
 
 def measure(spec: dict) -> dict:
@@ -237,6 +266,7 @@ def measure(spec: dict) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
+    memory = {}
     if spec["loop"] == "plain":
         loop = PlainDiffusersLoop(model, model.unet, spec["group"], spec["batch"],
                                   spec.get("options", {}).get("precision", "auto"))
@@ -244,14 +274,14 @@ def measure(spec: dict) -> dict:
             loop.step()
             on_step()
     else:
-        run_method(model, spec, on_step)
+        memory = run_method(model, spec, on_step)
     total = time.perf_counter() - started
     step_times = [b - a for a, b in zip(stamps, stamps[1:])]  # the first step (warm-up) is left out
     return {"step_s": statistics.median(step_times), "steps_timed": len(step_times),
             "step_s_min_max": [min(step_times), max(step_times)], "total_s": total,
             "first_step_at_s": stamps[0] - started, "peak_bytes": peak_memory(device),
             "attention": sorted({type(p).__name__ for p in model.unet.attn_processors.values()}),
-            "process_bytes_before_model": rss_before if device == "cpu" else 0}
+            "process_bytes_before_model": rss_before if device == "cpu" else 0, **memory}
 
 
 def measure_paired(model, spec: dict) -> dict:
@@ -368,6 +398,41 @@ def option_specs(device: str, quick: bool, with_compile: bool) -> list[dict]:
     return specs
 
 
+def memory_specs(device: str) -> list[dict]:
+    """The memory options on the full-size SD1.5-shaped UNet: each run to a few training steps, its training
+    phase's peak measured beside the memory plan (`--memory`)."""
+    common = dict(world="sd15", device=device, pixels=256 if device == "cpu" else 512, batch=2, steps=3,
+                  short_setup=True, group="cross_attn")
+    rows = [("shipped (full weights)", "cg", {}), ("gradient checkpointing", "cg", {"checkpointing": True}),
+            ("micro-batches of 1", "cg", {"micro_batch": 1}), ("LoRA rank 8", "cg", {"rank": 8}),
+            ("all layers, LoRA rank 8", "dt", {"group": "all", "rank": 8}),
+            ("all layers, LoRA rank 8, checkpointing", "dt", {"group": "all", "rank": 8, "checkpointing": True})]
+    if device == "cuda" or native_bf16():
+        rows.append(("bf16 autocast", "cg", {"precision": "bf16"}))
+    return [dict(common, loop=loop, option=name, options={"checkpointing": False, **options})
+            for name, loop, options in rows]
+
+
+def gpu_plans(card_gib: float = 8.0) -> list[dict]:
+    """Each method's default on Stable Diffusion 1.5 at 512 px (fp16 weights, as hosts keep them on a GPU): its
+    plan as it is, and as fitted ("memory: auto") to a card of `card_gib`. Shapes only: nothing is run."""
+    from erasure_core.memory import GiB, ShapeOnlyModel, fit, module_bytes, plan_memory
+    from erasure_core.methods import METHODS
+
+    model = ShapeOnlyModel.sd15()
+    loaded = sum(module_bytes(m) for m in (model.unet, model.text_encoder, model.vae))
+    free = int(card_gib * GiB) - GiB // 2 - loaded  # the CUDA context and the host's buffers: ~0.5 GiB
+    rows = []
+    for name, (config_cls, _) in METHODS.items():
+        config = config_cls(concepts=["a dog"], preserve_prompts=["a cat", "a horse", "a car", "a tree"])
+        config.validate()
+        plan = plan_memory(model, name, config, available=free)
+        fitted_config, fitted = fit(model, name, config, plan) if not plan.fits else (config, plan)
+        rows.append({"method": name, "settings": plan.settings, "plan_bytes": plan.total,
+                     "fitted_bytes": fitted.total, "changes": fitted.changes, "fits": plan.fits})
+    return rows
+
+
 # -- report -------------------------------------------------------------------------------------
 
 def device_info(device: str) -> dict:
@@ -456,6 +521,28 @@ def option_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def memory_table(rows: list[dict]) -> list[str]:
+    lines = ["| loop | option | plan: whole run (GiB) | plan: training (GiB) | measured: training peak (GiB) "
+             "| plan ÷ measured | process peak (GiB) |", "|" + "---|" * 7]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['loop']} | {r['option']} | error: {r['error']} | | | | |")
+            continue
+        lines.append(f"| {r['loop']} | {r['option']} | {gib(r['plan_bytes'])} | {gib(r['plan_training_bytes'])} "
+                     f"| {gib(r['training_peak_bytes'])} | {r['plan_training_bytes'] / r['training_peak_bytes']:.2f} "
+                     f"| {gib(r['peak_bytes'])} |")
+    return lines
+
+
+def gpu_plan_table(rows: list[dict]) -> list[str]:
+    lines = ["| method | default settings | plan as is (GiB) | fitted to an 8 GB card (GiB) | changed to fit |",
+             "|" + "---|" * 5]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['settings']} | {gib(r['plan_bytes'])} | {gib(r['fitted_bytes'])} "
+                     f"| {', '.join(r['changes']) or 'nothing'} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     d, rows = report["device"], report["rows"]
     lines = [f"Measured by `{report['command']}` in {report['seconds']:.0f} s on {d['cpu']} ({d['cpu_threads']} torch "
@@ -504,6 +591,24 @@ def markdown(report: dict) -> str:
                   f"{report['option_rows'][0]['steps']} steps with a short setup; full-size rows as above. "
                   "'bench only' options are not library options: they were measured and left out." + skipped, ""]
         lines += option_table(report["option_rows"]) + [""]
+    if report.get("memory_rows"):
+        memory = report["memory_rows"]
+        lines += ["### Memory by option: the plan against the measured peak (SD1.5-shaped UNet)", "",
+                  f"Measured by `{report.get('memory_command', 'python bench/speed.py --memory')}`: cg (and dt for the "
+                  f"all-layer rows) at batch {memory[0]['batch']}, {memory[0]['pixels']} px, {memory[0]['steps']} steps, "
+                  "random SD1.5-shaped weights in fp32 and the stub text encoder, each row in its own process. "
+                  "'training' is what the training loop adds: the trained copy, its gradients, AdamW's state and "
+                  "the step's activations; on the CPU it is measured as the rise of resident memory over the "
+                  "training phase (the high-water mark reset just before it), on a GPU as the peak allocated. "
+                  "'whole run' adds the loaded model and the tensors cached before training.", ""]
+        lines += memory_table(memory) + [""]
+    if report.get("gpu_plans"):
+        lines += ["### Every default on an 8 GB GPU (plan, SD1.5 at 512 px)", "",
+                  "The memory plan of each method's default settings on Stable Diffusion 1.5 at 512 px with its weights "
+                  "in fp16 (as ComfyUI and the webui keep them on a GPU), bf16 activations and gradient checkpointing "
+                  "(the CUDA defaults), a concept and four preserve prompts; 'fitted' is what `memory: auto` runs on "
+                  "an 8 GB card (0.5 GiB kept for the CUDA context). Shapes only: computed, not run.", ""]
+        lines += gpu_plan_table(report["gpu_plans"]) + [""]
     notes = BENCH / "speed_decisions.md"
     if notes.exists():
         lines += [notes.read_text().strip(), ""]
@@ -517,6 +622,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compiling)")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: measure one row in this process
     parser.add_argument("--render", action="store_true", help="only rewrite OUT/speed.md from OUT/speed.json")
+    parser.add_argument("--memory", action="store_true", help="only the memory rows (plan against measured peak) "
+                        "and the GPU plans, merged into OUT/speed.json")
     args = parser.parse_args(argv)
     if args.row:
         print("ROW " + json.dumps(measure(json.loads(args.row))), flush=True)
@@ -528,19 +635,34 @@ def main(argv=None) -> int:
     started = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     log = lambda m: print(m, flush=True)  # noqa: E731
+    command = "python bench/speed.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    if args.memory:
+        out = Path(args.out)
+        report = json.loads((out / "speed.json").read_text()) if (out / "speed.json").exists() else {
+            "command": command, "device": device_info(device), "seconds": 0, "gpu_note": "", "rows": [],
+            "option_rows": []}
+        with tempfile.TemporaryDirectory(prefix="speed_sd15_") as weights:
+            save_random_sd15(Path(weights))
+            report["memory_rows"] = [run_row(dict(s, weights=weights), log) for s in memory_specs(device)]
+        report.update(memory_command=f"{command} ({time.time() - started:.0f} s)", gpu_plans=gpu_plans())
+        from erasure_core.jobs import write_json
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "speed.json", report)
+        print(write_markdown(out / "speed.md", report))
+        return 0
     specs, option = main_specs(device, args.quick), option_specs(device, args.quick, args.compile)
     with tempfile.TemporaryDirectory(prefix="speed_sd15_") as weights:
         if any(s["world"] == "sd15" for s in specs + option):
             save_random_sd15(Path(weights))
         rows = [run_row(dict(s, weights=weights), log) for s in specs]
         option_rows = [run_row(dict(s, weights=weights), log) for s in option]
-    command = "python bench/speed.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     gpu_note = ("GPU half not run: no GPU available (torch.cuda.is_available() is False); on a GPU the same "
                 "command times each method and the plain loop at 512 px in bf16 autocast." if device == "cpu"
                 else f"Run on {torch.cuda.get_device_name()}: random weights and stub text encoder as on CPU, "
                 "batch 4, each method on its own default group.")
     report = {"command": command, "device": device_info(device), "seconds": time.time() - started,
-              "gpu_note": gpu_note, "rows": rows, "option_rows": option_rows}
+              "gpu_note": gpu_note, "rows": rows, "option_rows": option_rows, "gpu_plans": gpu_plans()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from erasure_core.jobs import write_json

@@ -18,13 +18,19 @@ def _toy_judge():
     return load_judge(JUDGE_PATH)
 
 
-def _load_model(path: str | None, config: str | None, device: str):
+DTYPES = {"auto": None, "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _load_model(path: str | None, config: str | None, device: str, dtype: str = "auto"):
+    import torch
+
     from .model import load_diffusers_model
     from .toyworld import MODEL_DIR
 
     model_path = Path(path) if path else MODEL_DIR
     is_toy = model_path.resolve() == MODEL_DIR.resolve()
-    return load_diffusers_model(model_path, device=device, config=config), is_toy
+    weights = getattr(torch, DTYPES[dtype]) if DTYPES[dtype] else None
+    return load_diffusers_model(model_path, device=device, config=config, dtype=weights), is_toy
 
 
 def print_report(report: dict) -> None:
@@ -46,9 +52,11 @@ def cmd_erase(args) -> int:
     from .methods import METHODS
     from .toyworld import evaluate as toy_eval
 
-    model, is_toy = _load_model(args.model, args.config, args.device)
+    model, is_toy = _load_model(args.model, args.config, args.device, args.dtype)
     config_cls = METHODS[args.method][0]
     options = {k: v for k, v in vars(args).items() if v is not None and k in config_cls.__dataclass_fields__}
+    if args.checkpointing is not None:
+        options["checkpointing"] = {"auto": "auto", "on": True, "off": False}[args.checkpointing]
     options["concepts"] = args.concept
     if args.alternative:
         options["alternatives"] = args.alternative
@@ -61,6 +69,12 @@ def cmd_erase(args) -> int:
         for key, value in toy.items():
             options.setdefault(key, value)
     config = config_cls(**options)
+    if args.plan_only:
+        from .memory import plan_memory
+
+        config.validate()
+        print(plan_memory(model, args.method, config).describe())
+        return 0
     if args.save_merged:  # checked with everything else, before any work
         merged = Path(args.save_merged)
         need = sum(p.numel() * 4 for m in (model.unet, model.vae, model.text_encoder) for p in m.parameters())
@@ -175,7 +189,19 @@ def main(argv=None) -> int:
     erase.add_argument("--seed", type=int)
     erase.add_argument("--preserve", dest="preserve_prompts", action="append", help="prompt to preserve (repeatable)")
     erase.add_argument("--template", dest="templates", action="append", help="concept prompt template with {}")
+    erase.add_argument("--micro-batch", dest="micro_batch", type=int,
+                       help="rows of the batch per UNet call (same update, less memory; default: the whole batch)")
+    erase.add_argument("--checkpointing", choices=["auto", "on", "off"],
+                       help="gradient checkpointing (default auto: on for CUDA)")
+    erase.add_argument("--memory", choices=["auto", "check", "off"],
+                       help="when the memory plan does not fit: auto = change settings until it does (default), "
+                            "check = refuse, naming the changes; off = no plan")
+    erase.add_argument("--plan-only", dest="plan_only", action="store_true",
+                       help="print the memory plan for these settings and exit without erasing")
     erase.add_argument("--device", default="cpu")
+    erase.add_argument("--dtype", choices=list(DTYPES), default="auto",
+                       help="how the frozen weights are kept: auto = fp16 on CUDA, fp32 on the CPU (the trained "
+                            "weights always have fp32 masters)")
     erase.add_argument("--save-merged", dest="save_merged", metavar="DIR",
                        help="also write a diffusers model folder with the erasure merged into its UNet")
     erase.set_defaults(fn=cmd_erase)

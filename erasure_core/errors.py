@@ -22,6 +22,10 @@ class NonFiniteLoss(ErasureError):
     """Training diverged (NaN/inf loss); the input model is untouched."""
 
 
+class TrainingDiverged(NonFiniteLoss):
+    """The loss grew tenfold: training is diverging (stopped before it reaches NaN); the input model is untouched."""
+
+
 class ErasureOutOfMemory(ErasureError, MemoryError):
     """The device (GPU, or the CPU's RAM) ran out of memory; the message gives concrete ways to need less."""
 

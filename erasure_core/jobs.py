@@ -13,7 +13,7 @@ from pathlib import Path
 from . import checks, figures
 from .errors import ErasureInputError
 from .methods import METHODS
-from .methods.common import EraseConfig, ErasureResult
+from .methods.common import EraseConfig, ErasureResult, prepare
 from .naming import erasure_stem, path_inside
 from .safe_files import atomic_path
 from .sampling import sample_images
@@ -48,8 +48,11 @@ def run_erasure(model, method: str, config: EraseConfig, out_dir: str | Path | N
     erasure_path = None
     if out_dir is not None:  # every file's place checked before any work, so nothing is lost at save time
         erasure_path = output_path(out_dir, config, method, model)
+    config, plan = prepare(model, method, config)  # the memory plan: refused or fitted before any work
+    if plan is not None:
+        log(plan.describe())
     with memory_advice("drawing and judging the before/after images", getattr(model.device, "type", "cpu")):
-        return _run(model, method, erase, config, out_dir, erasure_path, judge, progress, should_cancel, log)
+        return _run(model, method, erase, config, out_dir, erasure_path, judge, progress, should_cancel, log, plan)
 
 
 def output_path(out_dir: str | Path, config: EraseConfig, method: str, model=None) -> Path:
@@ -61,7 +64,7 @@ def output_path(out_dir: str | Path, config: EraseConfig, method: str, model=Non
     return path_inside(folder, name, "concept")
 
 
-def _run(model, method, erase, config, out_dir, erasure_path, judge, progress, should_cancel, log) -> JobOutput:
+def _run(model, method, erase, config, out_dir, erasure_path, judge, progress, should_cancel, log, plan) -> JobOutput:
     concept = config.concepts[0]
     started = time.time()
     report: dict = {"method": method, "concept": ", ".join(config.concepts),
@@ -108,6 +111,10 @@ def _run(model, method, erase, config, out_dir, erasure_path, judge, progress, s
         concept_after = sample_images(model, concept_prompts, list(range(len(concept_prompts))), unet=result.tuned_unet)
         other_after = sample_images(model, other_prompts, list(range(len(other_prompts))), unet=result.tuned_unet)
         report["divergence"] = float((other_after - other_imgs).abs().mean())
+    if plan is not None:
+        report["memory_plan"] = {"total_bytes": plan.total, "new_bytes": plan.needed, "available_bytes": plan.available,
+                                 "device": plan.device, "settings": plan.settings, "changed_to_fit": plan.changes,
+                                 "parts_bytes": plan.parts}
     report["total_seconds"] = round(time.time() - started, 1)
 
     grid_path = report_path = None

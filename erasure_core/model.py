@@ -69,19 +69,25 @@ class DiffusersModel:
     def predict_noise(self, unet, latents, timesteps, text_embeddings):
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(latents.shape[0])
+        weights = self.unet.dtype
+        if weights != torch.float32 and not torch.is_autocast_enabled(self.device.type):
+            # 16-bit frozen weights (fp32 masters only for what is trained): always run under autocast, so the
+            # 16-bit and the trained fp32 layers meet in one compute dtype
+            with torch.autocast(self.device.type, dtype=weights):
+                return unet(latents, timesteps, encoder_hidden_states=text_embeddings).sample.float()
         return unet(latents, timesteps, encoder_hidden_states=text_embeddings).sample
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids.to(self.device)
-        return self.text_encoder(ids).last_hidden_state
+        return self.text_encoder(ids).last_hidden_state.float()
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> scaled latents (the distribution's mean, deterministic)."""
         x = images.to(self.device, self.vae.dtype) * 2 - 1
-        return self.vae.encode(x).latent_dist.mean * self.vae_scale
+        return self.vae.encode(x).latent_dist.mean.float() * self.vae_scale
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -112,12 +118,16 @@ class DiffusersModel:
 
 
 def load_diffusers_model(path: str | Path, device: str | torch.device = "cpu", config: str | Path | None = None,
-                         dtype: torch.dtype = torch.float32) -> DiffusersModel:
+                         dtype: torch.dtype | None = None) -> DiffusersModel:
     """Load a local diffusers folder, or a single-file SD1.x `.safetensors` checkpoint, offline.
 
     A single file needs `config`: a local diffusers folder of the same architecture whose
-    component configs describe it. Nothing is ever downloaded.
+    component configs describe it. Nothing is ever downloaded. `dtype` is how the frozen weights
+    are kept: by default fp16 on CUDA (half the memory; what ComfyUI and the webui do) and fp32
+    elsewhere; the trained weights always have fp32 masters.
     """
+    if dtype is None:
+        dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging

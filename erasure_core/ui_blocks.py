@@ -240,6 +240,10 @@ def summary(report: dict, saved: Path | None) -> str:
             lines.append(f"{label}: {'–' if before is None else f'{before:.3f}'} → {report[f'{key}_after']:.3f}")
     if report.get("divergence") is not None:
         lines.append(f"divergence on prompts without the concept: {report['divergence']:.4f}")
+    plan = report.get("memory_plan")
+    if plan:
+        lines.append(f"Memory: {plan['total_bytes'] / 2**30:.2f} GiB planned on {plan['device']} ({plan['settings']})"
+                     + "".join(f"; changed to fit: {c}" for c in plan["changed_to_fit"]))
     if saved is not None:
         lines.append(f"Saved: {saved}")
     return "\n".join(lines)
@@ -301,8 +305,20 @@ class EraseRunner:
         finally:
             self._lock.release()
 
+    def plan(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid=None) -> str:
+        """The memory plan of the form's settings on the host's model, without running anything."""
+        from .memory import plan_memory
+
+        try:
+            config = build_config(method, concepts, alternative, preserve, steps, lr, group, rank, seed,
+                                  toy=self.host.toy, grid=grid)
+            return plan_memory(self.host.load_model(), method, config).describe()
+        except ErasureError as exc:
+            return error_message(exc)
+
     def _run(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, progress, grid):
         from .jobs import output_path, run_erasure
+        from .methods.common import prepare
         from .sampling import sample_images
 
         host = self.host
@@ -312,6 +328,10 @@ class EraseRunner:
         model = host.load_model()
         folder = run_folder(host.out_dir, method, config.concepts)
         output_path(folder, config, method, model)  # the folder is writable and has room: checked before any work
+        config, plan = prepare(model, method, config)  # the memory plan: refused, or fitted, before any work
+        if plan is not None:
+            host.log(plan.describe())
+            progress(0.0, desc=plan.summary())
         prompts, _ = gallery_prompts(config, host.toy)
         seeds = list(range(len(prompts)))  # the same seeds before and after
         progress(0.0, desc="sampling the 'before' images")
@@ -381,6 +401,7 @@ def build_blocks(host: Host, runner: EraseRunner | None = None):
                                       elem_id="ce_measure")
                 with gr.Row():
                     run_button = gr.Button("Erase", variant="primary", elem_id="ce_run")
+                    plan_button = gr.Button("Memory plan", elem_id="ce_plan")
                     cancel_button = gr.Button("Cancel", elem_id="ce_cancel")
             with gr.Column(scale=1):
                 status = gr.Textbox(label="Status", lines=5, interactive=False, elem_id="ce_status")
@@ -394,7 +415,12 @@ def build_blocks(host: Host, runner: EraseRunner | None = None):
             return runner.run(method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure,
                               progress=progress, grid=grid).as_outputs()
 
+        def plan(method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid):
+            return runner.plan(method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid)
+
         method.change(on_method_change, inputs=method, outputs=[lr, group])
+        plan_button.click(plan, inputs=[method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid],
+                          outputs=status)
         run_button.click(run, inputs=[method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, grid],
                          outputs=[status, loss, gallery, saved])
         # Not queued: it must get through while the erasure itself occupies the queue.

@@ -5,15 +5,18 @@ never written to), the erasure as a LORA_MODEL and the loss as a LOSS_MAP.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from comfy_api.latest import io, ui
 
 import comfy.model_management as mm
 from erasure_core.backends import comfy as backend
 from erasure_core.errors import ErasureCancelled
-from erasure_core.methods.cg import CGConfig, erase_cg
-from erasure_core.methods.common import DEFAULT_TEMPLATES
-from erasure_core.methods.dt import DTConfig, erase_dt
+from erasure_core.methods import METHODS
+from erasure_core.methods.cg import CGConfig
+from erasure_core.methods.common import DEFAULT_TEMPLATES, prepare
+from erasure_core.methods.dt import DTConfig
 from erasure_core.trainable import GROUPS
 
 from .common import CATEGORY, Dataset, ErasureLora, lines, node_id, pil_to_image
@@ -79,17 +82,20 @@ def common_config(concept, preserve, templates, steps, learning_rate, rank, para
                 batch_size=int(batch_size), sample_steps=int(sampling_steps), seed=int(seed))
 
 
-def run(cls, title: str, erase, config, model, clip, vae, image_size: int) -> io.NodeOutput:
+def run(cls, title: str, method: str, config, model, clip, vae, image_size: int) -> io.NodeOutput:
     """Train on a private copy of the MODEL's UNet; return a patched clone, the tensors and the loss."""
     config.validate()
     reporter = Reporter(node_id(cls), title, config.steps)
-    reporter.text(f"{title}: drawing the original model's images…")
     # ComfyUI executes under inference_mode; autograd needs it off (inputs are cloned inside the backend).
     with torch.inference_mode(False), torch.enable_grad():
         model_api = backend.ComfyModel(model, clip, vae, image_size=int(image_size))
-        config.checkpointing = model_api.checkpointing  # on GPU: memory matters more than the 1.2-1.6x time
+        config, plan = prepare(model_api, method, config)  # before any work: refused, or fitted and said so
+        if plan is not None:
+            logging.info("[Concept Eraser] %s", plan.describe())
+            reporter.text(f"{title}: {plan.summary()}" + "".join(f"; changed to fit: {c}" for c in plan.changes))
+        reporter.text(f"{title}: drawing the original model's images…")
         try:
-            result = erase(model_api, config, progress=reporter, should_cancel=mm.processing_interrupted)
+            result = METHODS[method][1](model_api, config, progress=reporter, should_cancel=mm.processing_interrupted)
         except ErasureCancelled:
             mm.throw_exception_if_processing_interrupted()  # report it as ComfyUI's own interruption
             raise
@@ -138,7 +144,7 @@ class EraseConceptDT(io.ComfyNode):
                           preserve_weight=float(preserve_weight))
         if dataset is not None:
             config.concept_images, config.grid = dataset["images"].clone(), int(dataset["grid"])
-        return run(cls, "Degeneration-Tuning", erase_dt, config, model, clip, vae, image_size)
+        return run(cls, "Degeneration-Tuning", "dt", config, model, clip, vae, image_size)
 
 
 class EraseConceptCG(io.ComfyNode):
@@ -171,4 +177,4 @@ class EraseConceptCG(io.ComfyNode):
             alts = alts * len(base["concepts"])  # one alternative for every concept
         config = CGConfig(**base, alternatives=alts, trajectories_per_prompt=int(trajectories_per_prompt),
                           drift_weight=float(drift_weight), preserve_weight=float(preserve_weight))
-        return run(cls, "Classifier-guidance erasure", erase_cg, config, model, clip, None, image_size)
+        return run(cls, "Classifier-guidance erasure", "cg", config, model, clip, None, image_size)

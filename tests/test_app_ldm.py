@@ -184,3 +184,15 @@ def test_checkpointing_an_ldm_copy_gives_the_same_gradients(ldm_unet):
         assert ("functools.partial" in repr(tuned.input_blocks[1].forward)) == checkpointing
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
     assert "functools.partial" not in repr(ldm_unet.input_blocks[1].forward)  # the shared UNet is untouched
+
+
+def test_the_memory_plan_counts_an_ldm_unet_on_diffusers_layout(ldm_unet):
+    """Hosts' attention code cannot run on `meta`; the plan counts diffusers' UNet of the same layout, which has
+    the same layers: the same number of weights, and the same trained weights for a group."""
+    from erasure_core.backends.ldm import meta_diffusers_unet
+    from erasure_core.memory import trained_numel
+
+    meta = meta_diffusers_unet(ldm_unet)
+    assert sum(p.numel() for p in meta.parameters()) == sum(p.numel() for p in ldm_unet.parameters())
+    for group in ("cross_attn", "all"):
+        assert trained_numel(meta, group, None) == trained_numel(ldm_unet, group, None)

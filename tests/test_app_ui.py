@@ -144,6 +144,16 @@ def test_a_short_run_saves_and_shows_before_after(toy, tmp_path):
     assert outcome.gallery[0][0].size[0] >= ui_blocks.DISPLAY_MIN_SIDE
     assert outcome.loss_image.size == (560, 260)
     assert unet_hash(toy.unet) == before_hash  # the input model is never modified
+    assert any((c[1] or "").startswith("memory plan: ") for c in calls)  # shown before the work
+    assert "Memory: " in outcome.status and "GiB planned on cpu" in outcome.status
+
+
+def test_the_memory_plan_button_shows_the_plan_without_running(toy, tmp_path):
+    host = Host(load_model=lambda: toy, out_dir=tmp_path, toy=True, log=lambda m: None)
+    text = EraseRunner(host).plan("cg", "circle", "square", "", 300, 5e-4, "cross_attn", 0, 0)
+    assert text.startswith("memory plan: ") and "activations (" in text and "cg, cross_attn full weights" in text
+    assert EraseRunner(host).plan("cg", "", "", "", 300, 5e-4, "cross_attn", 0, 0).startswith("Error in concept")
+    assert not list(tmp_path.iterdir())
 
 
 def test_errors_and_cancel_show_in_the_status(toy, tmp_path):

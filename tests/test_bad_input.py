@@ -62,23 +62,23 @@ def test_images_of_mixed_sizes_from_a_list():
 @pytest.mark.parametrize("steps", [0, -5])
 def test_steps_not_positive(steps):
     with pytest.raises(ErasureInputError, match="^steps: must be a whole number from 1 to 100000"):
-        optimise([torch.nn.Parameter(torch.zeros(1))], lambda s: torch.zeros(()), steps, 1e-4, torch.device("cpu"))
+        optimise([torch.nn.Parameter(torch.zeros(1))], lambda s, n: torch.zeros(()), steps, 1e-4, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("lr", [0.0, -1e-4, math.nan, 5.0, math.inf])
 def test_bad_learning_rate(lr):
     with pytest.raises(ErasureInputError, match="^learning rate: must be a number in"):
-        optimise([torch.nn.Parameter(torch.zeros(1))], lambda s: torch.zeros(()), 3, lr, torch.device("cpu"))
+        optimise([torch.nn.Parameter(torch.zeros(1))], lambda s, n: torch.zeros(()), 3, lr, torch.device("cpu"))
 
 
 def test_nan_loss_stops_training():
     p = torch.nn.Parameter(torch.ones(2))
     with pytest.raises(NonFiniteLoss, match="lower the learning rate"):
-        optimise([p], lambda s: p.sum() * (math.nan if s == 2 else 1.0), 5, 1e-3, torch.device("cpu"))
+        optimise([p], lambda s, n: p.sum() * (math.nan if s == 2 else 1.0), 5, 1e-3, torch.device("cpu"))
 
 
 def test_out_of_memory_gives_advice():
-    def oom(step):
+    def oom(step, rows):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     with pytest.raises(ErasureOutOfMemory, match="LoRA .*smaller batch size.*gradient checkpointing"):

@@ -218,7 +218,7 @@ def test_cpu_out_of_memory_gets_the_advice(toy_model, monkeypatch):
 def test_cpu_out_of_memory_in_training_names_the_step():
     from erasure_core.training import optimise
 
-    def no_memory(step):
+    def no_memory(step, rows):
         raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 2 GB")
 
     with pytest.raises(ErasureOutOfMemory, match="^out of memory while training \\(step 1\\).*other programs using memory"):
@@ -228,7 +228,7 @@ def test_cpu_out_of_memory_in_training_names_the_step():
 def test_other_runtime_errors_are_not_called_out_of_memory():
     from erasure_core.training import optimise
 
-    def broken(step):
+    def broken(step, rows):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):

@@ -22,7 +22,7 @@ import comfy.utils
 
 from .. import checks, erasure_file
 from ..errors import ErasureInputError
-from .ldm import scheduler_config_for
+from .ldm import meta_diffusers_unet, scheduler_config_for
 
 FINGERPRINT_KEY = "concept_eraser.unet_fingerprint"
 
@@ -66,11 +66,10 @@ class ComfyModel:
 
     `unet` is the MODEL's own ldm UNet, loaded through ComfyUI's memory management with the
     MODEL's patches applied; it is only read. `image_size` is the pixel size the methods draw
-    the frozen model's images at (smaller is faster). `checkpointing` is what the nodes ask the
-    methods for (gradient checkpointing of the trainable copy; default: on a GPU).
+    the frozen model's images at (smaller is faster).
     """
 
-    def __init__(self, patcher, clip=None, vae=None, image_size: int = 512, checkpointing: bool | None = None):
+    def __init__(self, patcher, clip=None, vae=None, image_size: int = 512):
         self.patcher, self.clip, self.vae = patcher, clip, vae
         self.unet = unet_of(patcher)
         self.alphas_cumprod, self.v_prediction = schedule_of(patcher)
@@ -83,9 +82,12 @@ class ComfyModel:
                                     f"{factor * 2})", f"use e.g. {max(factor * 2, image_size // factor * factor)}")
         side = image_size // factor
         self.latent_shape = (4, side, side)
-        self.checkpointing = self.device.type == "cuda" if checkpointing is None else checkpointing
         self._text_cache: dict[str, torch.Tensor] = {}
         self.load()
+
+    def diffusers_equivalent(self) -> nn.Module:
+        """For the memory plan: the diffusers UNet of this MODEL's layout, on `meta`."""
+        return meta_diffusers_unet(self.unet)
 
     # -- memory management -------------------------------------------------------------------
     def load(self) -> None:

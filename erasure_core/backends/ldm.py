@@ -53,6 +53,10 @@ class LdmModel:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
+    def diffusers_equivalent(self) -> nn.Module:
+        """For the memory plan: the diffusers UNet of this ldm UNet's layout, on `meta`."""
+        return meta_diffusers_unet(self.unet)
+
     def predict_noise(self, unet, latents, timesteps, text_embeddings):
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(latents.shape[0])
@@ -127,6 +131,40 @@ def ldm_to_diffusers_name(name: str, num_res_blocks: int) -> str | None:
         kind = "resnets" if part == 0 else "attentions"
         return _block_part(rest, f"up_blocks.{level}.{kind}.{j}")
     return None
+
+
+def diffusers_layout(unet: nn.Module) -> dict:
+    """The UNet2DConditionModel config with the layers of an SD1/SD2-type ldm UNetModel (ComfyUI's, the webui's),
+    read off the module itself: widths, levels, attention levels, transformer depth, text width."""
+    from diffusers.models.attention import BasicTransformerBlock  # noqa: F401  (diffusers is the reference layout)
+
+    nrb, levels = unet_layout(unet)
+    mult = list(unet.channel_mult)
+    attn, depth, context, linear, groups = [], [], None, False, 32
+    for level in range(levels):
+        block = unet.input_blocks[1 + level * (nrb + 1)]
+        transformer = block[1] if len(block) > 1 else None
+        attn.append(transformer is not None)
+        depth.append(len(transformer.transformer_blocks) if transformer is not None else 1)
+        if transformer is not None and context is None:
+            context = transformer.transformer_blocks[0].attn2.to_k.weight.shape[1]
+            linear = transformer.proj_in.weight.ndim == 2
+            groups = transformer.norm.num_groups
+    return dict(sample_size=64, in_channels=unet.in_channels, out_channels=unet.out_channels, layers_per_block=nrb,
+                block_out_channels=[unet.model_channels * m for m in mult],
+                down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+                up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+                cross_attention_dim=context or 768, transformer_layers_per_block=depth,
+                use_linear_projection=linear, norm_num_groups=groups, attention_head_dim=8)
+
+
+def meta_diffusers_unet(unet: nn.Module) -> nn.Module:
+    """diffusers' UNet of an ldm UNet's layout, shapes only: what the memory plan runs its count on, since a
+    host's own attention code (ComfyUI's, the webui's) cannot run on the `meta` device."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return nn.Module.to(UNet2DConditionModel(**diffusers_layout(unet)), next(unet.parameters()).dtype)
 
 
 def unet_layout(unet: nn.Module) -> tuple[int, int]:

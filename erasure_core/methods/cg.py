@@ -16,7 +16,8 @@ from .. import checks
 from ..model import DiffusionModel
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
-from .common import EraseConfig, ErasureResult, finish, guard_memory
+from ..memory import checkpointing_for
+from .common import EraseConfig, ErasureResult, finish, guard_memory, prepare
 from .trajectories import PreserveRows, frozen_predictions, preserve_pool, sample_trajectories
 
 
@@ -36,6 +37,18 @@ class CGConfig(EraseConfig):
         self.preserve_weight = checks.weight("preserve weight", self.preserve_weight, 10.0)
         self.trajectories_per_prompt = checks.whole_number("trajectories per prompt", self.trajectories_per_prompt, 1,
                                                            checks.MAX_PER_PROMPT, "use e.g. 2")
+
+
+    def rows_per_element(self) -> int:  # concept and unconditional rows, and a preserve row when there are any
+        return 3 if self.preserve_prompts and self.preserve_weight > 0 else 2
+
+    def cached_bytes(self, latent: int, image: int, context: int) -> int:
+        # every trajectory point: x_t, the frozen unconditional prediction and the target (+ t, prompt index)
+        points = self.n_concept_prompts() * self.trajectories_per_prompt * self.sample_steps
+        keep = bool(self.preserve_prompts) and self.preserve_weight > 0
+        keep_points = len(self.preserve_prompts) * self.sample_steps if keep else 0  # x_t and eps* each
+        contexts = self.n_concept_prompts() + 1 + (len(self.preserve_prompts) if keep else 0)
+        return points * (3 * latent + 16) + keep_points * (2 * latent + 16) + contexts * context
 
 
 def cg_loss(model: DiffusionModel, tuned, x_t, t, concept_ctx, uncond_ctx, target_guidance, frozen_uncond,
@@ -66,6 +79,7 @@ def erase_cg(model: DiffusionModel, config: CGConfig, progress: ProgressFn | Non
              should_cancel: CancelFn | None = None) -> ErasureResult:
     """Run the classifier-guidance erasure; the model's own UNet is not modified."""
     config.validate()
+    config, plan = prepare(model, "cg", config)
     started = time.time()
     gen = torch.Generator().manual_seed(config.seed)
     # Concept prompts and, template by template, the same prompt with the alternative.
@@ -83,21 +97,20 @@ def erase_cg(model: DiffusionModel, config: CGConfig, progress: ProgressFn | Non
     target = torch.zeros_like(frozen_uncond)
     has_alt = torch.tensor([a is not None for a in alt_prompts])
     if has_alt.any():
-        alt_ctx = model.encode_text([a or "" for a in alt_prompts])
-        alt_eps = frozen_predictions(model, cache, alt_ctx)
+        alt_eps = frozen_predictions(model, cache, model.encode_text([a or "" for a in alt_prompts]))
         use = has_alt[cache.prompt_index]
         target[use] = (alt_eps - frozen_uncond)[use]
+        del alt_eps  # training keeps the targets only (what the memory plan counts)
 
     keep = None
     if config.preserve_prompts and config.preserve_weight > 0:
         keep = preserve_pool(model, list(config.preserve_prompts), 1, config.seed + 100_000,
                              config.sample_steps, config.guidance)
 
-    tuned, params = make_trainable(model.unet, config.group, config.rank, config.checkpointing)
+    tuned, params = make_trainable(model.unet, config.group, config.rank, checkpointing_for(config, model.device))
     tuned.train()
-    b = config.batch_size
 
-    def loss_fn(step: int) -> torch.Tensor:
+    def loss_fn(step: int, b: int) -> torch.Tensor:
         i = cache.batch(b, gen)
         t = cache.t[i].to(model.device)
         ctx = concept_ctx[cache.prompt_index[i].to(concept_ctx.device)]
@@ -106,5 +119,6 @@ def erase_cg(model: DiffusionModel, config: CGConfig, progress: ProgressFn | Non
                        frozen_uncond[i], config.drift_weight, kept, config.preserve_weight)
 
     losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
-                      precision=config.precision)
-    return finish("cg", config, model.unet, tuned, losses, started)
+                      precision=config.precision, batch_size=config.batch_size,
+                      micro_batch=config.micro_batch)
+    return finish("cg", config, model.unet, tuned, losses, started, plan)

@@ -13,6 +13,7 @@ from .. import checks, erasure_file
 from ..errors import ErasureInputError
 from ..naming import erasure_stem
 from ..trainable import GROUPS, lora_layers, weight_deltas
+from ..memory import MEMORY_MODES
 from ..training import PRECISIONS, memory_advice
 
 # Generic prompt templates for a concept in a real model; "{}" is the concept.
@@ -34,13 +35,18 @@ class EraseConfig:
     rank: int | None = None  # None: full weights of the group; r: LoRA of rank r
     seed: int = 0
     batch_size: int = 8
+    micro_batch: int | None = None  # rows of the batch per UNet call (None: all); same update, less memory
     sample_steps: int = 25  # DDIM steps for the frozen model's own images/trajectories
     guidance: float = 7.5  # SD1.x's usual CFG; the toy world uses 1.5 (toyworld.evaluate.toy_options)
     # Speed/memory (bench/results/speed.md). checkpointing: recompute activations in the backward pass, less
     # memory for 1.2-1.6x the step time. precision: "auto" is bf16 autocast on CUDA and fp32 on CPU; "bf16" also
     # on CPU (faster for full-size models on CPUs with native bf16, slower on the toy world); fp32 masters always.
-    checkpointing: bool = False
+    checkpointing: bool | str = "auto"  # "auto": on for CUDA, off on the CPU
     precision: str = "auto"
+    # The memory plan (erasure_core/memory.py) is made before any work. "auto": when the run does not fit the
+    # device's free memory, apply changes until it does (result-neutral ones first: checkpointing, micro-batches)
+    # and say which; "check": refuse it, naming the changes that would fit; "off": no plan.
+    memory: str = "auto"
 
     def validate(self) -> None:
         """Check every option before any work; an ErasureInputError names the field and the fix."""
@@ -77,13 +83,38 @@ class EraseConfig:
         if self.precision not in PRECISIONS:
             raise ErasureInputError("precision", f"unknown precision {self.precision!r}",
                                     f"use one of {', '.join(PRECISIONS)}")
+        if self.checkpointing not in (True, False, "auto"):
+            raise ErasureInputError("checkpointing", f"must be on, off or 'auto', got {self.checkpointing!r}",
+                                    "use 'auto' (on for CUDA)")
+        if self.memory not in MEMORY_MODES:
+            raise ErasureInputError("memory", f"unknown mode {self.memory!r}", f"use one of {', '.join(MEMORY_MODES)}")
         self.steps = checks.steps(self.steps)
         self.lr = checks.learning_rate(self.lr)
         self.seed = checks.seed(self.seed)
         self.batch_size = checks.whole_number("batch size", self.batch_size, 1, checks.MAX_BATCH, "use e.g. 8")
+        if self.micro_batch is not None:
+            self.micro_batch = checks.whole_number("micro-batch", self.micro_batch, 1, self.batch_size,
+                                                   "use a number from 1 to the batch size, or leave it empty")
         self.sample_steps = checks.whole_number("sampling steps", self.sample_steps, 1, checks.MAX_SAMPLING_STEPS,
                                                 "use e.g. 25")
         self.guidance = checks.real_number("guidance", self.guidance, 0.0, 100.0, "use e.g. 7.5")
+
+    # -- what the memory plan (erasure_core/memory.py) needs to know of a method --------------------------
+    def rows_per_element(self) -> int:
+        """UNet rows the method stacks into one call per batch element (concept, unconditional, preserve…)."""
+        return 1
+
+    def training_rows(self) -> int:
+        """UNet rows in the largest call of a training step: the (micro-)batch times the rows per element."""
+        return min(self.micro_batch or self.batch_size, self.batch_size) * self.rows_per_element()
+
+    def cached_bytes(self, latent: int, image: int, context: int) -> int:
+        """Bytes the method computes once before training and keeps through it, given the bytes of one latent,
+        one image and one text context."""
+        return 0
+
+    def n_concept_prompts(self) -> int:
+        return sum(len(self.templates_for(c)) for c in self.concepts)
 
     def templates_for(self, concept: str) -> list[str]:
         if isinstance(self.templates, dict):
@@ -105,6 +136,7 @@ class ErasureResult:
     metadata: dict[str, str]
     losses: list[float]
     seconds: float
+    memory_plan: object = None  # erasure_core.memory.MemoryPlan made before the run
 
     @property
     def steps(self) -> int:
@@ -115,7 +147,7 @@ class ErasureResult:
 
 
 def finish(method: str, config: EraseConfig, original: nn.Module, tuned: nn.Module, losses: list[float],
-           started: float) -> ErasureResult:
+           started: float, memory_plan=None) -> ErasureResult:
     """Package a trained copy as a result: kohya tensors for LoRA or full deltas, and metadata."""
     tuned.eval().requires_grad_(False)
     if config.rank is None:
@@ -126,7 +158,17 @@ def finish(method: str, config: EraseConfig, original: nn.Module, tuned: nn.Modu
             **{k: v for k, v in asdict(config).items() if k not in ("templates", "concept_images")},
             "name": erasure_stem(config.concepts, method)}
     metadata = erasure_file.build_metadata(original, info)
-    return ErasureResult(method, config, tuned, sd, metadata, losses, time.time() - started)
+    return ErasureResult(method, config, tuned, sd, metadata, losses, time.time() - started, memory_plan)
+
+
+def prepare(model, method: str, config: EraseConfig):
+    """Before any work: the memory plan, refused with the fix when it does not fit (or fitted, with
+    memory="auto"). Returns the config to run with and the plan."""
+    from ..memory import fit, plan_memory
+
+    if config.memory == "off":
+        return config, None
+    return fit(model, method, config, plan_memory(model, method, config))
 
 
 def guard_memory(erase):

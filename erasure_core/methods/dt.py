@@ -24,7 +24,8 @@ from ..sampling import sample_images
 from ..scrambled_grid import scramble_grid
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
-from .common import EraseConfig, ErasureResult, add_noise, finish, guard_memory, random_timesteps
+from ..memory import checkpointing_for
+from .common import EraseConfig, ErasureResult, add_noise, finish, guard_memory, prepare, random_timesteps
 from .trajectories import PreserveRows, preserve_pool
 
 
@@ -55,6 +56,19 @@ class DTConfig(EraseConfig):
         self.preserve_images_per_prompt = checks.whole_number(
             "preserve images per prompt", self.preserve_images_per_prompt, 1, checks.MAX_PER_PROMPT, "use e.g. 4")
         self.preserve_weight = checks.weight("preserve weight", self.preserve_weight, 4.0)
+
+
+    def rows_per_element(self) -> int:  # a concept row, and a preserve row when preservation is on
+        return 2 if self.preserve_weight > 0 else 1
+
+    def cached_bytes(self, latent: int, image: int, context: int) -> int:
+        given = self.concept_images is not None  # the user's images stay in the config
+        images = len(self.concept_images) if given else self.n_concept_prompts() * self.images_per_prompt
+        scrambles = images * self.scrambles_per_image  # a latent, a text context and an image index each
+        keep_prompts = len(set(self.preserve_prompts) | {""}) if self.preserve_weight > 0 else 0
+        keep_points = keep_prompts * self.preserve_images_per_prompt * self.sample_steps  # x_t and eps* each
+        return ((images * image if given else 0) + scrambles * (latent + context + 8)
+                + keep_points * (2 * latent + 16) + keep_prompts * context)
 
 
 def dt_loss(model: DiffusionModel, tuned, z0, context, noise, t, keep: PreserveRows | None = None,
@@ -114,6 +128,7 @@ def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | Non
              should_cancel: CancelFn | None = None) -> ErasureResult:
     """Run Degeneration-Tuning; the model's own UNet is not modified."""
     config.validate()
+    config, plan = prepare(model, "dt", config)
     started = time.time()
     gen = torch.Generator().manual_seed(config.seed)
     concept_prompts = [p for c in config.concepts for p in config.concept_prompts(c)]
@@ -125,6 +140,7 @@ def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | Non
     check_images(images, config.grid)
     latents, image_index = scrambled_latents(model, images, config.grid, config.scrambles_per_image, gen)
     concept_context = model.encode_text(prompts)[image_index.to(model.device)]
+    del images  # training keeps the scrambles' latents only (what the memory plan counts)
 
     keep = None
     if config.preserve_weight > 0:
@@ -132,11 +148,10 @@ def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | Non
         keep = preserve_pool(model, preserve, config.preserve_images_per_prompt, config.seed + 100_000,
                              config.sample_steps, config.guidance)
 
-    tuned, params = make_trainable(model.unet, config.group, config.rank, config.checkpointing)
+    tuned, params = make_trainable(model.unet, config.group, config.rank, checkpointing_for(config, model.device))
     tuned.train()
-    b = config.batch_size
 
-    def loss_fn(step: int) -> torch.Tensor:
+    def loss_fn(step: int, b: int) -> torch.Tensor:
         i = torch.randint(len(latents), (b,), generator=gen)
         z0 = latents[i.to(latents.device)]
         noise = torch.randn(z0.shape, generator=gen).to(z0)
@@ -146,5 +161,6 @@ def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | Non
                        config.preserve_weight)
 
     losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
-                      precision=config.precision)
-    return finish("dt", config, model.unet, tuned, losses, started)
+                      precision=config.precision, batch_size=config.batch_size,
+                      micro_batch=config.micro_batch)
+    return finish("dt", config, model.unet, tuned, losses, started, plan)

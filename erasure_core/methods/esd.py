@@ -18,7 +18,8 @@ from .. import checks
 from ..model import DiffusionModel
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
-from .common import EraseConfig, ErasureResult, finish, guard_memory
+from ..memory import checkpointing_for
+from .common import EraseConfig, ErasureResult, finish, guard_memory, prepare
 from .trajectories import frozen_predictions, sample_trajectories
 
 
@@ -36,6 +37,11 @@ class ESDConfig(EraseConfig):
                                                            checks.MAX_PER_PROMPT, "use e.g. 2")
 
 
+    def cached_bytes(self, latent: int, image: int, context: int) -> int:
+        points = self.n_concept_prompts() * self.trajectories_per_prompt * self.sample_steps
+        return points * (2 * latent + 16) + self.n_concept_prompts() * context  # x_t and the target per point
+
+
 def esd_loss(model: DiffusionModel, tuned, x_t, t, concept_ctx, target) -> torch.Tensor:
     """||eps_θ(x_t, c_e) − (eps*(x_t, ∅) − η (eps*(x_t, c_e) − eps*(x_t, ∅)))||²."""
     return F.mse_loss(model.predict_noise(tuned, x_t, t, concept_ctx).float(), target)
@@ -45,6 +51,7 @@ def esd_loss(model: DiffusionModel, tuned, x_t, t, concept_ctx, target) -> torch
 def erase_esd(model: DiffusionModel, config: ESDConfig, progress: ProgressFn | None = None,
               should_cancel: CancelFn | None = None) -> ErasureResult:
     config.validate()
+    config, plan = prepare(model, "esd", config)
     started = time.time()
     gen = torch.Generator().manual_seed(config.seed)
     prompts = [p for c in config.concepts for p in config.concept_prompts(c)]
@@ -54,15 +61,17 @@ def erase_esd(model: DiffusionModel, config: ESDConfig, progress: ProgressFn | N
     eps_concept = frozen_predictions(model, cache, concept_ctx)
     eps_uncond = frozen_predictions(model, cache, model.encode_text([""]).expand(len(prompts), -1, -1))
     target = eps_uncond - config.eta * (eps_concept - eps_uncond)
+    del eps_concept, eps_uncond  # training keeps the targets only (what the memory plan counts)
 
-    tuned, params = make_trainable(model.unet, config.group, config.rank, config.checkpointing)
+    tuned, params = make_trainable(model.unet, config.group, config.rank, checkpointing_for(config, model.device))
     tuned.train()
 
-    def loss_fn(step: int) -> torch.Tensor:
-        i = cache.batch(config.batch_size, gen)
+    def loss_fn(step: int, rows: int) -> torch.Tensor:
+        i = cache.batch(rows, gen)
         ctx = concept_ctx[cache.prompt_index[i].to(concept_ctx.device)]
         return esd_loss(model, tuned, cache.x_t[i], cache.t[i].to(model.device), ctx, target[i])
 
     losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
-                      precision=config.precision)
-    return finish("esd", config, model.unet, tuned, losses, started)
+                      precision=config.precision, batch_size=config.batch_size,
+                      micro_batch=config.micro_batch)
+    return finish("esd", config, model.unet, tuned, losses, started, plan)

@@ -300,3 +300,13 @@ def test_compare_node(pack, tiny):
             original=model, erased=erased, clip=clip, vae=vae, prompts="a circle\na square", seed=0, steps=2, cfg=4.0,
             sampler_name="euler", scheduler="normal", image_size=128).args
     assert grid.shape == (1, 2 * 128 + 4, 2 * 128 + 4, 3) and after.shape == (2, 128, 128, 3)
+
+
+def test_erase_node_shows_the_memory_plan_before_training(pack, tiny, monkeypatch):
+    progress = sys.modules[pack["ConceptEraser_EraseCG"].__module__.rsplit(".", 1)[0] + ".progress"]
+    shown = []
+    monkeypatch.setattr(progress.Reporter, "text", lambda self, message: shown.append(message))
+    model, clip, _ = tiny
+    run_cg(pack, model, clip)
+    assert shown[0].startswith("Classifier-guidance erasure: memory plan: ") and "fits" in shown[0]
+    assert shown.index(shown[0]) < next(i for i, m in enumerate(shown) if "drawing the original model" in m)

@@ -1,0 +1,380 @@
+"""The memory plan: what an erasure will hold on its device, part by part, known before any work.
+
+    frozen model      the UNet (and, where this process loaded them, text encoder and VAE) as loaded
+    trained copy      fp32 masters of the trained weights (full weights of the group, or LoRA adapters)
+    gradients         one fp32 value per trained weight
+    optimiser state   AdamW's two fp32 moments per trained weight
+    cached tensors    what the method computes once before training (trajectories, targets, latents)
+    activations       what autograd keeps for the backward pass of one training step
+
+Everything but the activations is counted exactly from shapes and dtypes. The activations are
+counted by running the UNet's forward pass on the `meta` device (shapes only, no memory, no
+compute) on a copy of its structure, with the trained weights marked as trained, and adding up
+every tensor autograd saves; attention is counted as the fused kernels keep it (query, key,
+value, output and log-sum-exp, as PyTorch's flash/memory-efficient attention on GPUs and its
+flash kernel on CPUs do). The step's peak is that count times a factor measured on the CPU
+(ACTIVATION_PEAK_FACTOR). `tests/test_memory.py` checks the count against the tensors a real
+training step saves, the exact parts against the real tensors, and the plan against the
+measured peak of training on the CPU.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .errors import ErasureInputError
+from .trainable import select_modules
+
+GiB = 2**30
+# Peak memory of a training step over the activations autograd saves: the backward pass's gradients, the
+# loss's temporaries and the allocator's slack. Measured on the CPU (`python bench/memory_plan.py`): the
+# training phase of cg / dt / esd on the toy world peaked at 1.57 / 1.43 / 1.50 x the saved bytes (plus
+# the exact parts); 1.6 covers them. CUDA's caching allocator differs: to be measured when a GPU is lent.
+ACTIVATION_PEAK_FACTOR = 1.6
+HEADROOM = 0.9  # plan to use at most 90% of the free memory: allocators fragment, kernels take workspace
+MEMORY_MODES = ("check", "auto", "off")
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes by part, what is already resident, and what the device has free."""
+
+    device: str
+    parts: dict[str, int]
+    resident: int  # bytes of `parts` already in memory before the run (the loaded model)
+    available: int | None  # free bytes on the device now; None when unknown
+    settings: str = ""
+    changes: list[str] = field(default_factory=list)  # what "auto" changed to make it fit
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    @property
+    def needed(self) -> int:
+        """New memory the run takes on top of what is loaded already."""
+        return self.total - self.resident
+
+    @property
+    def fits(self) -> bool:
+        return self.available is None or self.needed <= HEADROOM * self.available
+
+    def summary(self) -> str:
+        free = "free memory unknown" if self.available is None else f"{self.available / GiB:.1f} GiB free"
+        verdict = "fits" if self.fits else "does NOT fit"
+        return (f"memory plan: {self.total / GiB:.2f} GiB in all, {self.needed / GiB:.2f} GiB of it new "
+                f"({free} on {self.device}): {verdict}")
+
+    def describe(self) -> str:
+        lines = [self.summary(), f"  settings: {self.settings}"]
+        lines += [f"  {name:<28s} {size / GiB:8.3f} GiB" for name, size in self.parts.items()]
+        lines += [f"  changed to fit: {c}" for c in self.changes]
+        return "\n".join(lines)
+
+
+# -- exact parts ----------------------------------------------------------------------------------
+def module_bytes(module: nn.Module | None) -> int:
+    if module is None:
+        return 0
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def trained_numel(unet: nn.Module, group: str, rank: int | None) -> int:
+    """Weights the optimiser updates: the group's full weights and biases, or rank x (out + in) per LoRA layer."""
+    total = 0
+    for _, module in select_modules(unet, group):
+        w = module.weight
+        if rank is None:
+            total += w.numel() + (module.bias.numel() if module.bias is not None else 0)
+        else:
+            total += rank * (w.shape[0] + w[0].numel())
+    return total
+
+
+def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """The dtype activations are kept in: bf16 under autocast (see training.autocast_for), else fp32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
+def checkpointing_for(config, device: torch.device) -> bool:
+    """`checkpointing="auto"` is on for CUDA (memory matters more there than the 1.2-1.6x step time)."""
+    value = getattr(config, "checkpointing", False)
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
+# -- activations, counted on the meta device ----------------------------------------------------
+class _FusedAttention(torch.autograd.Function):
+    """Attention as the fused kernels keep it for backward: q, k, v, the output and the log-sum-exp."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # never run: the probe only counts what forward saves
+        raise RuntimeError("the memory probe is forward-only")
+
+
+class _FusedAttentionOnMeta(TorchFunctionMode):
+    """On `meta`, PyTorch decomposes scaled_dot_product_attention into the math path, which would keep
+    the full attention matrix; count the fused kernels' footprint instead."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            q, k, v = args[:3]
+            return _FusedAttention.apply(q, k, v)
+        return func(*args, **(kwargs or {}))
+
+
+def meta_structure(unet: nn.Module, trained: set[str], dtype: torch.dtype) -> nn.Module:
+    """A copy of `unet`'s structure on `meta` (no weights copied), the `trained` modules' weights marked
+    as trained. Hooks and checkpointing can be put on it without touching the host's module."""
+    memo = {}
+    for name, module in unet.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            memo[id(p)] = nn.Parameter(torch.empty(p.shape, device="meta", dtype=dtype),
+                                       requires_grad=name in trained)
+        for b in module.buffers(recurse=False):
+            memo[id(b)] = torch.empty(b.shape, device="meta", dtype=b.dtype if not b.is_floating_point() else dtype)
+    return copy.deepcopy(unet, memo).train()
+
+
+def call_unet(unet: nn.Module, x, t, context):
+    """The UNet's own calling convention: diffusers (`encoder_hidden_states`) or ldm (`context`)."""
+    params = inspect.signature(unet.forward).parameters
+    if "encoder_hidden_states" in params:
+        return unet(x, t, encoder_hidden_states=context)
+    return unet(x, timesteps=t, context=context)
+
+
+def checkpoint_units(unet: nn.Module) -> list[nn.Module]:
+    """The modules gradient checkpointing recomputes as one: diffusers' resnets and transformers, or the
+    ldm blocks that `trainable.enable_checkpointing` wraps."""
+    if hasattr(unet, "down_blocks"):
+        blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+        return [m for b in blocks if b is not None for part in ("resnets", "attentions")
+                for m in getattr(b, part, None) or []]
+    return [*getattr(unet, "input_blocks", []), *([unet.middle_block] if hasattr(unet, "middle_block") else []),
+            *getattr(unet, "output_blocks", [])]
+
+
+def activation_bytes(unet: nn.Module, rows: int, latent_shape: tuple[int, int, int], context_shape: tuple[int, int],
+                     trained: set[str], dtype: torch.dtype, checkpointing: bool) -> int:
+    """Bytes autograd keeps for the backward pass of one UNet call on `rows` rows.
+
+    Without checkpointing: every saved tensor. With it: the inputs of each checkpointed unit, what is
+    saved outside the units, and the largest unit's own activations (recomputed during the backward).
+    """
+    probe = meta_structure(unet, trained, dtype)
+    units = checkpoint_units(probe)
+    saved_in: dict[int, int] = {}  # unit index -> bytes saved inside it
+    inputs: dict[int, int] = {}  # unit index -> bytes of its tensor inputs
+    stack: list[int] = []
+    outside = [0]
+    kept_inputs: set[int] = set()  # a tensor fed to many units (the text context) is kept once
+
+    def enter(index):
+        def hook(module, args, kwargs):
+            stack.append(index)
+            fresh = [a for a in [*args, *kwargs.values()] if isinstance(a, torch.Tensor) and id(a) not in kept_inputs]
+            kept_inputs.update(id(a) for a in fresh)
+            inputs[index] = sum(a.numel() * a.element_size() for a in fresh)
+        return hook
+
+    def leave(module, args, output):
+        stack.pop()
+
+    handles = [h for i, u in enumerate(units) for h in (u.register_forward_pre_hook(enter(i), with_kwargs=True),
+                                                        u.register_forward_hook(leave))]
+    params = {id(p) for p in probe.parameters()}
+    counted: set[int] = set()  # a view (q, k, v chunked from one projection) shares its base's memory
+
+    def pack(tensor):
+        base = tensor._base if tensor._base is not None else tensor
+        if id(tensor) not in params and id(base) not in params and id(base) not in counted:
+            counted.add(id(base))
+            size = base.numel() * base.element_size()
+            if stack:
+                saved_in[stack[0]] = saved_in.get(stack[0], 0) + size
+            else:
+                outside[0] += size
+        return tensor
+
+    x = torch.empty((rows, *latent_shape), device="meta", dtype=dtype)
+    t = torch.zeros(rows, device="meta", dtype=torch.long)
+    context = torch.empty((rows, *context_shape), device="meta", dtype=dtype)
+    try:
+        with torch.enable_grad(), _FusedAttentionOnMeta(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            call_unet(probe, x, t, context)
+    finally:
+        for h in handles:
+            h.remove()
+    if not checkpointing:
+        return outside[0] + sum(saved_in.values())
+    return outside[0] + sum(inputs.values()) + max(saved_in.values(), default=0)
+
+
+# -- the device -----------------------------------------------------------------------------------
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on `device`: CUDA's own count, or the RAM Linux says is available; None if unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        try:
+            match = re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+            return int(match[1]) * 1024 if match else None
+        except OSError:
+            return None
+    return None
+
+
+# -- the plan -------------------------------------------------------------------------------------
+def plan_memory(model, method: str, config, available: int | None | bool = True) -> MemoryPlan:
+    """The plan of `method` with `config` on `model` (a DiffusionModel). `available`: True to ask the device,
+    or a number of free bytes, or None (unknown)."""
+    device = torch.device(model.device)
+    unet = model.unet
+    precision_dtype = compute_dtype(device, config.precision)
+    checkpointing = checkpointing_for(config, device)
+    # hosts' ldm UNets are counted on diffusers' UNet of the same layout (their attention code needs a real device)
+    layout = model.diffusers_equivalent() if hasattr(model, "diffusers_equivalent") else unet
+    trained = {name for name, _ in select_modules(layout, config.group)}
+    n_trained = trained_numel(unet, config.group, config.rank)
+    latent_bytes = math.prod(model.latent_shape) * 4
+    context_shape = tuple(model.encode_text([""]).shape[1:])
+    image_bytes = 3 * getattr(model, "image_size", model.latent_shape[1] * 8) ** 2 * 4
+    others = [getattr(model, m, None) for m in ("text_encoder", "vae")]  # where this process holds them
+    resident = module_bytes(unet) + sum(module_bytes(m) for m in others if isinstance(m, nn.Module))
+    rows = config.training_rows()
+    parts = {
+        "frozen model (loaded)": resident,
+        "trained copy (fp32)": 4 * n_trained,
+        "gradients (fp32)": 4 * n_trained,
+        "optimiser state (AdamW)": 8 * n_trained,
+        "cached tensors": config.cached_bytes(latent_bytes, image_bytes, math.prod(context_shape) * 4),
+        f"activations ({rows} rows)": int(ACTIVATION_PEAK_FACTOR * activation_bytes(
+            layout, rows, model.latent_shape, context_shape, trained, precision_dtype, checkpointing)),
+    }
+    weights = "full weights" if config.rank is None else f"LoRA rank {config.rank}"
+    settings = (f"{method}, {config.group} {weights} ({n_trained / 1e6:.1f} M trained), batch {config.batch_size}, "
+                f"{model.latent_shape[1]}x{model.latent_shape[2]} latents, "
+                f"{'bf16' if precision_dtype == torch.bfloat16 else 'fp32'} activations"
+                f"{', gradient checkpointing' if checkpointing else ''}")
+    free = free_memory(device) if available is True else available
+    return MemoryPlan(str(device), parts, resident, free, settings)
+
+
+def _steps_to_fit(config, device: torch.device) -> list[tuple[str, dict]]:
+    """Changes that need less memory, in the order "auto" tries them: recomputing activations (slower only),
+    bf16 activations, then what is trained (a LoRA, fewer layers). Micro-batches are chosen after each."""
+    out = []
+    if not checkpointing_for(config, device):
+        out.append(("gradient checkpointing on", {"checkpointing": True}))
+    if device.type == "cuda" and config.precision == "fp32":
+        out.append(("bf16 activations", {"precision": "auto"}))
+    if config.rank is None:
+        out.append(("LoRA rank 8 instead of full weights", {"rank": 8}))
+    if config.group != "cross_attn":
+        out.append(("parameter group cross_attn", {"group": "cross_attn"}))
+    return out
+
+
+def _largest_micro_batch(model, method: str, config, available):
+    """The config with the largest micro-batch (halving from the whole batch) whose plan fits, and its plan;
+    (None, plan at micro-batch 1) when none does. Micro-batches change speed only, not the update."""
+    micro = config.batch_size
+    while True:
+        trial = replace(config, micro_batch=None if micro == config.batch_size else micro)
+        plan = plan_memory(model, method, trial, available)
+        if plan.fits:
+            return trial, plan
+        if micro == 1:
+            return None, plan
+        micro = (micro + 1) // 2
+
+
+def fit(model, method: str, config, plan: MemoryPlan):
+    """(config, plan) that fits: `config.memory` "auto" applies changes in order (each followed by the largest
+    micro-batch that fits) until the plan fits; "check" refuses a plan that does not fit, naming changes that
+    would each make it fit."""
+    mode = getattr(config, "memory", "check")
+    if plan.fits or mode == "off":
+        return config, plan
+    device = torch.device(model.device)
+    steps = _steps_to_fit(config, device)
+    if mode == "auto":
+        changes, current = [], config
+        for label, change in [("", {})] + steps:
+            if change:
+                current = replace(current, **change)
+                changes.append(label)
+            fitted, fitted_plan = _largest_micro_batch(model, method, current, plan.available)
+            if fitted is not None:
+                if fitted.micro_batch is not None:
+                    changes.append(f"micro-batches of {fitted.micro_batch}")
+                fitted_plan.changes = changes
+                return fitted, fitted_plan
+    each = []
+    for label, change in [("", {})] + steps:
+        fitted, other = _largest_micro_batch(model, method, replace(config, **change), plan.available)
+        if fitted is not None:
+            micro = f"micro-batches of {fitted.micro_batch}" if fitted.micro_batch is not None else ""
+            each.append(f"{' with '.join(x for x in (label, micro) if x)} ({other.needed / GiB:.1f} GiB)")
+    fix = ("use " + ", or ".join(each) if each else
+           "use a LoRA (rank 4-8), the 'cross_attn' group, micro-batches of 1 and gradient checkpointing, or a "
+           "device with more memory")
+    raise ErasureInputError("memory", f"the erasure needs {plan.needed / GiB:.1f} GiB more but "
+                            f"{plan.available / GiB:.1f} GiB is free on {plan.device} ({plan.settings})",
+                            fix + "; or set memory to 'auto' to apply such changes automatically")
+
+
+@dataclass
+class ShapeOnlyModel:
+    """A model of real layer shapes with no weights (on `meta`), for planning a run on a model that is not
+    here: `plan_memory(ShapeOnlyModel.sd15(), "cg", config, available=8 * GiB)`. `device` is where the run
+    would happen; `dtype` how the host keeps the frozen weights (fp16 on GPUs)."""
+
+    unet: nn.Module
+    text_encoder: nn.Module
+    vae: nn.Module
+    latent_shape: tuple[int, int, int]
+    context_shape: tuple[int, int]
+    device: torch.device
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        return torch.empty((len(prompts), *self.context_shape), device="meta")
+
+    @classmethod
+    def sd15(cls, image_size: int = 512, device: str = "cuda", dtype: torch.dtype = torch.float16) -> "ShapeOnlyModel":
+        """Stable Diffusion 1.5's UNet (860 M), CLIP ViT-L text encoder (123 M) and VAE (84 M)."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        from .backends.webui import SD1_DIFFUSERS_CONFIG
+
+        with torch.device("meta"):  # nn.Module.to: diffusers' own .to warns about dtypes on meta models
+            unet = nn.Module.to(UNet2DConditionModel(**SD1_DIFFUSERS_CONFIG), dtype)
+            text = nn.Module.to(CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
+                                                             num_hidden_layers=12, num_attention_heads=12,
+                                                             max_position_embeddings=77)), dtype)
+            vae = nn.Module.to(AutoencoderKL(block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+                                             latent_channels=4, down_block_types=["DownEncoderBlock2D"] * 4,
+                                             up_block_types=["UpDecoderBlock2D"] * 4), dtype)
+        side = image_size // 8
+        return cls(unet, text, vae, (4, side, side), (77, 768), torch.device(device))
+
