@@ -160,6 +160,22 @@ def cmd_toy_train(args) -> int:
     return 0
 
 
+def cmd_toy_train_controlnet(args) -> int:
+    import torch
+
+    from .toyworld import CONTROLNET_DIR
+    from .toyworld.build_controlnet import build_controlnet
+
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the build is deterministic for one machine and thread count
+    model, _ = _load_model(None, None, "cpu")
+    info = build_controlnet(model, Path(args.out) if args.out else CONTROLNET_DIR, steps=args.steps, batch=args.batch,
+                            lr=args.lr, log=lambda m: print(m, flush=True),
+                            checkpoint_dir=Path(args.checkpoints) if args.checkpoints else None)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m erasure_core", description="Erase concepts from a Stable "
                                      "Diffusion model's weights.")
@@ -218,6 +234,15 @@ def main(argv=None) -> int:
     tr.add_argument("--judge-steps", type=int, default=1200)
     tr.add_argument("--schedule-steps", type=int, help="learning-rate horizon if longer than --steps")
     tr.set_defaults(fn=cmd_toy_train)
+
+    cn = sub.add_parser("toyworld-train-controlnet", help="rebuild the toy world's ControlNet (deterministic)")
+    cn.add_argument("--out", help="folder (default: the shipped assets/controlnet folder)")
+    cn.add_argument("--steps", type=int, default=2000)
+    cn.add_argument("--batch", type=int, default=16)
+    cn.add_argument("--lr", type=float, default=2e-4)
+    cn.add_argument("--threads", type=int, default=1, help="torch threads (the result depends on the count)")
+    cn.add_argument("--checkpoints", help="folder for a checkpoint every 500 steps")
+    cn.set_defaults(fn=cmd_toy_train_controlnet)
 
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,87 @@
+"""Deterministic training of the toy world's ControlNet on the toy world's own drawings.
+
+Run: `python -m erasure_core toyworld-train-controlnet [--out DIR]`. A diffusers `ControlNetModel`
+made from the toy UNet (`ControlNetModel.from_unet`: a copy of its encoder and zero-initialised
+output convolutions) learns to steer the frozen toy model from a control image
+(erasure_core/toyworld/control.py: the shape's outline, or a blob that fixes position and size
+only). Its hint encoder is the SD-family one (three stride-2 convolutions, 8x the latent's side),
+so ComfyUI's ControlNet code runs it unchanged.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import ControlNetModel, DDIMScheduler
+
+from ..controlnet import prepare_hint
+from .build import cosine_lr, ema_update, scheduler_config
+from .control import CAPTION_DROPOUT, CONTROL_KINDS, controlled_batch
+
+
+def train_controlnet(model, steps: int, batch: int, seed: int, lr: float, log, checkpoint=None) -> ControlNetModel:
+    """A ControlNet for `model` (the toy world's DiffusersModel, kept frozen), trained with the denoising loss."""
+    torch.manual_seed(seed)
+    rng, prng = np.random.default_rng(seed + 3), random.Random(seed + 3)
+    controlnet = ControlNetModel.from_unet(model.unet).train()
+    controlnet.requires_grad_(True)
+    ema = copy.deepcopy(controlnet).eval().requires_grad_(False)
+    noise_sched = DDIMScheduler(**scheduler_config())
+    opt = torch.optim.AdamW(controlnet.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, steps, 100))
+    started = time.time()
+    for step in range(steps):
+        images, hints, captions = controlled_batch(rng, prng, batch)
+        latents = model.encode_images(images)
+        context = model.encode_text(captions)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,))
+        noisy = noise_sched.add_noise(latents, noise, t)
+        down, mid = controlnet(noisy, t, encoder_hidden_states=context,
+                               controlnet_cond=prepare_hint(hints, latents.shape[-2:]), return_dict=False)
+        eps = model.unet(noisy, t, encoder_hidden_states=context, down_block_additional_residuals=down,
+                         mid_block_additional_residual=mid).sample
+        loss = F.mse_loss(eps, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema_update(ema, controlnet, min(0.999, (1 + step) / (10 + step)))
+        if step % 50 == 0 or step == steps - 1:
+            log(f"controlnet step {step}/{steps} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
+        if checkpoint and step > 0 and step % 500 == 0:
+            checkpoint(ema, step)
+    return ema
+
+
+def build_controlnet(model, out: Path, steps: int = 2000, batch: int = 16, seed: int = 0, lr: float = 2e-4,
+                     log=print, checkpoint_dir: Path | None = None) -> dict:
+    """Train and save the ControlNet (a diffusers folder) in `out`, with its build_info.json."""
+    from ..safe_files import atomic_folder
+
+    torch.use_deterministic_algorithms(True)
+    started = time.time()
+
+    def checkpoint(controlnet, step):
+        controlnet.save_pretrained(Path(checkpoint_dir) / f"checkpoint-{step}", safe_serialization=True)
+
+    controlnet = train_controlnet(model, steps, batch, seed, lr, log, checkpoint if checkpoint_dir else None)
+    info = {
+        "command": f"python -m erasure_core toyworld-train-controlnet --steps {steps} --batch {batch} --lr {lr}",
+        "seed": seed, "steps": steps, "batch": batch, "lr": lr, "control_kinds": list(CONTROL_KINDS),
+        "caption_dropout": CAPTION_DROPOUT, "seconds": round(time.time() - started, 1),
+        "device": f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+    }
+    with atomic_folder(Path(out)) as tmp:
+        controlnet.save_pretrained(tmp, safe_serialization=True)
+        (Path(tmp) / "build_info.json").write_text(json.dumps(info, indent=2))
+    return info
