@@ -7,6 +7,7 @@ unchanged, and the model interface needs nothing new.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +79,16 @@ def load_control_image(path: str | Path) -> torch.Tensor:
         raise ErasureInputError("control image", f"{path} could not be read as an image ({exc})",
                                 "give a PNG or JPEG file") from None
     return torch.from_numpy(rgb).permute(2, 0, 1)[None]
+
+
+@dataclass
+class Control:
+    """A ControlNet, the control image for every prompt, and its strength: what sampling under control needs."""
+
+    controlnet: nn.Module
+    image: torch.Tensor  # (1, 3, H, W) in [0, 1]
+    scale: float = 1.0
+
+    def sampling_kwargs(self) -> dict:
+        """Keyword arguments for erasure_core.sampling.sample_images."""
+        return dict(controlnet=self.controlnet, control_image=self.image, control_scale=self.scale)
