@@ -112,3 +112,19 @@ def test_cli_sample_with_controlnet(tmp_path, capsys):
     assert Image.open(out).size[0] > 32
     assert main(["sample", "--prompt", "a red circle", "--controlnet", str(CONTROLNET_DIR)]) == 2
     assert "--controlnet and --control-image go together" in capsys.readouterr().err
+
+
+def test_erasure_job_under_control(tmp_path, toy_model, toy_controlnet):
+    """run_erasure with a Control: the before/after grid under control and the erased rate under control in the
+    report (a 2-step erasure: this checks the wiring, the tables measure the erasure)."""
+    from erasure_core.controlnet import Control
+    from erasure_core.jobs import run_erasure
+    from erasure_core.methods.cg import CGConfig
+
+    control = Control(toy_controlnet, to_tensor([control_image("blob", "circle", Placement(16, 16, 11, 0))]))
+    config = CGConfig(concepts=["circle"], templates=["a red solid {}"], preserve_prompts=["a blue solid square"],
+                      steps=2, batch_size=2, sample_steps=4, guidance=1.5, trajectories_per_prompt=1)
+    out = run_erasure(toy_model, "cg", config, tmp_path, control=control, log=lambda m: None)
+    assert out.control_grid_path == tmp_path / "comparison_controlnet.png" and out.control_grid_path.exists()
+    report = out.report["controlnet"]
+    assert report["concept_prompts"] == 1 and report["other_prompts"] == 1 and report["scale"] == 1.0
