@@ -340,11 +340,11 @@ def main(argv=None) -> int:
 
     cn = sub.add_parser("toyworld-train-controlnet", help="rebuild the toy world's ControlNet (deterministic)")
     cn.add_argument("--out", help="folder (default: the shipped assets/controlnet folder)")
-    cn.add_argument("--steps", type=int, default=2000)
+    cn.add_argument("--steps", type=int, default=800)
     cn.add_argument("--batch", type=int, default=16)
     cn.add_argument("--lr", type=float, default=2e-4)
     cn.add_argument("--threads", type=int, default=1, help="torch threads (the result depends on the count)")
-    cn.add_argument("--checkpoints", help="folder for a checkpoint every 500 steps")
+    cn.add_argument("--checkpoints", help="folder for a checkpoint every 100 steps")
     cn.add_argument("--schedule-steps", type=int, help="learning-rate horizon if longer than --steps")
     cn.set_defaults(fn=cmd_toy_train_controlnet)
 

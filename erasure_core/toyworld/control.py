@@ -20,7 +20,8 @@ from .world import Scene, all_scenes, caption
 CONTROL_KINDS = ("outline", "blob")
 # What each kind fixes (beyond position and size); the rest is the prompt's.
 FORCED = {"outline": ("shape",), "blob": ()}
-CAPTION_DROPOUT = 0.15  # share of training examples with the empty prompt: the control alone must draw
+CAPTION_DROPOUT = 0.5  # share of training examples with the empty prompt (as the ControlNet paper): the control alone
+# must draw, which is what makes the control worth learning
 
 
 def control_image(kind: str, shape: str, placement: Placement, size: int = IMAGE_SIZE) -> np.ndarray:
