@@ -122,6 +122,11 @@ def cmd_sample(args) -> int:
     from .erasure_file import apply_erasure, load_erasure
     from .sampling import sample_images
 
+    from .checks import output_folder, whole_number
+
+    whole_number("steps", args.steps, 1, 1000, "use e.g. 25")
+    out = Path(args.out)
+    output_folder(out.parent, field="out")  # before any work
     control = _load_control(args)
     erasure = load_erasure(args.erasure) if args.erasure else None
     model, is_toy = _load_model(args.model, args.config, args.device)
@@ -143,7 +148,7 @@ def cmd_sample(args) -> int:
             seen = judge.predict(images)
             for prompt, shape, color, style in zip(args.prompt, seen["shape"], seen["color"], seen["style"]):
                 print(f"{label:9s} {prompt!r}: judge reads shape {shape}, colour {color}, fill {style}")
-    path = figures.save_png(figures.labelled_rows(rows), Path(args.out))
+    path = figures.save_png(figures.labelled_rows(rows), out)
     print(f"wrote {path} (rows: {', '.join(label for label, _ in rows)}; columns: the prompts in order)")
     return 0
 
