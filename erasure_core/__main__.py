@@ -1,10 +1,11 @@
-"""Command line: `python -m erasure_core {demo,erase,toyworld-eval,toyworld-train} ...`."""
+"""Command line: `python -m erasure_core {demo,erase,sample,toyworld-eval,toyworld-train,toyworld-train-controlnet} ...`."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from . import checks
@@ -52,6 +53,7 @@ def cmd_erase(args) -> int:
     from .methods import METHODS
     from .toyworld import evaluate as toy_eval
 
+    control = _load_control(args)  # checked before any work
     model, is_toy = _load_model(args.model, args.config, args.device, args.dtype)
     config_cls = METHODS[args.method][0]
     options = {k: v for k, v in vars(args).items() if v is not None and k in config_cls.__dataclass_fields__}
@@ -82,10 +84,12 @@ def cmd_erase(args) -> int:
             raise ErasureInputError("save merged", f"{merged} is a file, not a folder", "choose a new folder name")
         checks.output_folder(merged.parent if not merged.exists() else merged, need, "save merged")
     out = run_erasure(model, args.method, config, args.out, judge=_toy_judge() if is_toy else None,
-                      progress=_progress_printer(), log=lambda m: print(m, flush=True))
+                      progress=_progress_printer(), log=lambda m: print(m, flush=True), control=control)
     print_report(out.report)
     if args.out:
         print(f"wrote {out.erasure_path}\nwrote {out.grid_path}\nwrote {out.report_path}")
+        if out.control_grid_path:
+            print(f"wrote {out.control_grid_path}")
     if args.save_merged:
         # A whole diffusers model with the erasure merged in: the form to distribute (a LoRA can be removed).
         from .erasure_file import apply_erasure
@@ -93,6 +97,59 @@ def cmd_erase(args) -> int:
         merged = apply_erasure(model.unet, out.result.state_dict, metadata=out.result.metadata)
         folder = model.with_unet(merged).save_pretrained(Path(args.save_merged))
         print(f"wrote {folder} (merged model)")
+    return 0
+
+
+def _load_control(args):
+    """A Control from --controlnet/--control-image/--control-scale, or None; both files or neither."""
+    from .errors import ErasureInputError
+
+    if not args.controlnet and not args.control_image:
+        return None
+    if not (args.controlnet and args.control_image):
+        raise ErasureInputError("controlnet", "--controlnet and --control-image go together; got only one",
+                                "give both, or neither")
+    from .controlnet import Control, load_control_image, load_controlnet
+
+    return Control(load_controlnet(args.controlnet, device=args.device), load_control_image(args.control_image),
+                   args.control_scale)
+
+
+def cmd_sample(args) -> int:
+    """Images of the prompts (one seed each) from a model, with an erasure file merged in or not, and with a
+    ControlNet or not: a user checks their own erased model the way the toy world's tables do."""
+    from . import figures
+    from .erasure_file import apply_erasure, load_erasure
+    from .sampling import sample_images
+
+    from .checks import output_folder, whole_number
+
+    whole_number("steps", args.steps, 1, 1000, "use e.g. 25")
+    out = Path(args.out)
+    output_folder(out.parent, field="out")  # before any work
+    control = _load_control(args)
+    erasure = load_erasure(args.erasure) if args.erasure else None
+    model, is_toy = _load_model(args.model, args.config, args.device)
+    if args.guidance is None:
+        from .toyworld.evaluate import EVAL_GUIDANCE
+
+        args.guidance = EVAL_GUIDANCE if is_toy else 7.5
+    seeds = [args.seed + i for i in range(len(args.prompt))]
+    kw = dict(steps=args.steps, guidance=args.guidance)
+    if control:
+        kw.update(control.sampling_kwargs())
+    rows = [("original", sample_images(model, args.prompt, seeds, **kw))]
+    if erasure:
+        unet = apply_erasure(model.unet, erasure[0], metadata=erasure[1])
+        rows.append(("erased", sample_images(model, args.prompt, seeds, unet=unet, **kw)))
+    if is_toy:
+        judge = _toy_judge()
+        for label, images in rows:
+            seen = judge.predict(images)
+            for prompt, shape, color, style in zip(args.prompt, seen["shape"], seen["color"], seen["style"]):
+                print(f"{label:9s} {prompt!r}: judge reads shape {shape}, colour {color}, fill {style}")
+    path = figures.save_png(figures.labelled_rows(rows), out)
+    print(f"wrote {path} (rows: {', '.join(label for label, _ in rows)}; columns: the prompts in order)")
     return 0
 
 
@@ -150,6 +207,28 @@ def cmd_toy_eval(args) -> int:
     return 0
 
 
+def cmd_toy_eval_controlnet(args) -> int:
+    from . import figures
+    from .controlnet import load_controlnet
+    from .jobs import write_json
+    from .toyworld import CONTROLNET_DIR
+    from .toyworld.control import controlnet_accuracy
+
+    model, _ = _load_model(None, None, "cpu")
+    controlnet = load_controlnet(args.controlnet or CONTROLNET_DIR)
+    started = time.time()
+    table = controlnet_accuracy(model, controlnet, _toy_judge(), seeds_per_scene=args.seeds_per_scene)
+    rows = table.pop("picture")
+    table["seconds"] = round(time.time() - started, 1)
+    for key, value in table.items():
+        print(f"{key:28s} {value}")
+    out = Path(args.out)
+    write_json(out, table)
+    figures.save_png(figures.labelled_rows(rows), out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
 def cmd_toy_train(args) -> int:
     from .toyworld import ASSETS
     from .toyworld.build import build
@@ -158,6 +237,31 @@ def cmd_toy_train(args) -> int:
                  judge_steps=args.judge_steps, schedule_steps=args.schedule_steps, log=lambda m: print(m, flush=True))
     print(json.dumps(info, indent=2))
     return 0
+
+
+def cmd_toy_train_controlnet(args) -> int:
+    import torch
+
+    from .toyworld import CONTROLNET_DIR
+    from .toyworld.build_controlnet import build_controlnet
+
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the build is deterministic for one machine and thread count
+    model, _ = _load_model(None, None, "cpu")
+    info = build_controlnet(model, Path(args.out) if args.out else CONTROLNET_DIR, steps=args.steps, batch=args.batch,
+                            lr=args.lr, log=lambda m: print(m, flush=True),
+                            checkpoint_dir=Path(args.checkpoints) if args.checkpoints else None,
+                            schedule_steps=args.schedule_steps)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _control_arguments(parser) -> None:
+    parser.add_argument("--controlnet", help="a diffusers ControlNet folder (the toy world's: "
+                        "erasure_core/toyworld/assets/controlnet)")
+    parser.add_argument("--control-image", dest="control_image", help="the control image (PNG) for every prompt")
+    parser.add_argument("--control-scale", dest="control_scale", type=float, default=1.0,
+                        help="ControlNet strength (ComfyUI's 'strength')")
 
 
 def main(argv=None) -> int:
@@ -204,12 +308,32 @@ def main(argv=None) -> int:
                             "weights always have fp32 masters)")
     erase.add_argument("--save-merged", dest="save_merged", metavar="DIR",
                        help="also write a diffusers model folder with the erasure merged into its UNet")
+    _control_arguments(erase)
     erase.set_defaults(fn=cmd_erase)
+
+    sample = sub.add_parser("sample", help="sample a model (with an erasure, with a ControlNet) and save a grid")
+    sample.add_argument("--prompt", action="append", required=True, help="prompt (repeat for several)")
+    sample.add_argument("--model", help="diffusers folder or single-file .safetensors (default: the toy world)")
+    sample.add_argument("--config", help="local diffusers folder describing a single-file checkpoint")
+    sample.add_argument("--erasure", help="an erasure .safetensors file: adds a row sampled with it merged in")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the first prompt (the next get +1, +2, ...)")
+    sample.add_argument("--steps", type=int, default=25)
+    sample.add_argument("--guidance", type=float, help="CFG scale (default: 1.5 on the toy world, else 7.5)")
+    sample.add_argument("--device", default="cpu")
+    sample.add_argument("--out", default="samples.png")
+    _control_arguments(sample)
+    sample.set_defaults(fn=cmd_sample)
 
     ev = sub.add_parser("toyworld-eval", help="judge and generation accuracy of the toy world")
     ev.add_argument("--out", required=True, help="JSON file to write (a PNG of samples is written beside it)")
     ev.add_argument("--seeds-per-scene", type=int, default=4)
     ev.set_defaults(fn=cmd_toy_eval)
+
+    evc = sub.add_parser("toyworld-eval-controlnet", help="how well the toy world's ControlNet follows its control")
+    evc.add_argument("--out", required=True, help="JSON file to write (a PNG of samples is written beside it)")
+    evc.add_argument("--seeds-per-scene", type=int, default=2)
+    evc.add_argument("--controlnet", help="a ControlNet folder (default: the shipped one)")
+    evc.set_defaults(fn=cmd_toy_eval_controlnet)
 
     tr = sub.add_parser("toyworld-train", help="rebuild the toy world from scratch (deterministic)")
     tr.add_argument("--out", help="folder (default: the shipped assets folder)")
@@ -218,6 +342,16 @@ def main(argv=None) -> int:
     tr.add_argument("--judge-steps", type=int, default=1200)
     tr.add_argument("--schedule-steps", type=int, help="learning-rate horizon if longer than --steps")
     tr.set_defaults(fn=cmd_toy_train)
+
+    cn = sub.add_parser("toyworld-train-controlnet", help="rebuild the toy world's ControlNet (deterministic)")
+    cn.add_argument("--out", help="folder (default: the shipped assets/controlnet folder)")
+    cn.add_argument("--steps", type=int, default=800)
+    cn.add_argument("--batch", type=int, default=16)
+    cn.add_argument("--lr", type=float, default=2e-4)
+    cn.add_argument("--threads", type=int, default=1, help="torch threads (the result depends on the count)")
+    cn.add_argument("--checkpoints", help="folder for a checkpoint every 100 steps")
+    cn.add_argument("--schedule-steps", type=int, help="learning-rate horizon if longer than --steps")
+    cn.set_defaults(fn=cmd_toy_train_controlnet)
 
     args = parser.parse_args(argv)
     try:

@@ -30,6 +30,7 @@ class JobOutput:
     erasure_path: Path | None
     grid_path: Path | None
     report_path: Path | None
+    control_grid_path: Path | None = None
 
 
 def write_json(path: Path, data: dict) -> Path:
@@ -39,8 +40,12 @@ def write_json(path: Path, data: dict) -> Path:
 
 
 def run_erasure(model, method: str, config: EraseConfig, out_dir: str | Path | None = None, judge=None,
-                progress=None, should_cancel=None, log=print) -> JobOutput:
-    """Erase with `method`; with `judge` (toy world) score before/after; write files into `out_dir`."""
+                progress=None, should_cancel=None, log=print, control=None) -> JobOutput:
+    """Erase with `method`; with `judge` (toy world) score before/after; write files into `out_dir`.
+
+    With `control` (erasure_core.controlnet.Control) the same prompts and seeds are also drawn before and
+    after under that ControlNet and control image: `comparison_controlnet.png`, and with `judge` the erased
+    rate under control in the report."""
     if method not in METHODS:
         raise ErasureInputError("method", f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
     erase = METHODS[method][1]
@@ -52,7 +57,8 @@ def run_erasure(model, method: str, config: EraseConfig, out_dir: str | Path | N
     if plan is not None:
         log(plan.describe())
     with memory_advice("drawing and judging the before/after images", getattr(model.device, "type", "cpu")):
-        return _run(model, method, erase, config, out_dir, erasure_path, judge, progress, should_cancel, log, plan)
+        return _run(model, method, erase, config, out_dir, erasure_path, judge, progress, should_cancel, log, plan,
+                    control)
 
 
 def output_path(out_dir: str | Path, config: EraseConfig, method: str, model=None) -> Path:
@@ -64,7 +70,8 @@ def output_path(out_dir: str | Path, config: EraseConfig, method: str, model=Non
     return path_inside(folder, name, "concept")
 
 
-def _run(model, method, erase, config, out_dir, erasure_path, judge, progress, should_cancel, log, plan) -> JobOutput:
+def _run(model, method, erase, config, out_dir, erasure_path, judge, progress, should_cancel, log, plan,
+         control=None) -> JobOutput:
     concept = config.concepts[0]
     started = time.time()
     report: dict = {"method": method, "concept": ", ".join(config.concepts),
@@ -115,9 +122,13 @@ def _run(model, method, erase, config, out_dir, erasure_path, judge, progress, s
         report["memory_plan"] = {"total_bytes": plan.total, "new_bytes": plan.needed, "available_bytes": plan.available,
                                  "device": plan.device, "settings": plan.settings, "changed_to_fit": plan.changes,
                                  "parts_bytes": plan.parts}
+    controlled = None
+    if control is not None:
+        controlled = _under_control(model, config, result.tuned_unet, control, judge)
+        report["controlnet"] = controlled.pop("report")
     report["total_seconds"] = round(time.time() - started, 1)
 
-    grid_path = report_path = None
+    grid_path = report_path = control_grid_path = None
     if out_dir is not None:
         out_dir = Path(out_dir)
         erasure_path = result.save(erasure_path)
@@ -125,5 +136,32 @@ def _run(model, method, erase, config, out_dir, erasure_path, judge, progress, s
             out_dir / "comparison.png", figures.spread(concept_imgs, 8), figures.spread(concept_after, 8),
             figures.spread(other_imgs, 8), figures.spread(other_after, 8), concept)
         report["files"] = {"erasure": erasure_path.name, "grid": grid_path.name}
+        if controlled is not None:
+            control_grid_path = figures.comparison_grid(out_dir / "comparison_controlnet.png", concept=concept,
+                                                        **controlled)
+            report["files"]["controlnet_grid"] = control_grid_path.name
         report_path = write_json(out_dir / "report.json", report)
-    return JobOutput(result, report, erasure_path, grid_path, report_path)
+    return JobOutput(result, report, erasure_path, grid_path, report_path, control_grid_path)
+
+
+def _under_control(model, config: EraseConfig, tuned_unet, control, judge) -> dict:
+    """Up to 8 concept prompts and 8 others, before and after, under `control`; with `judge`, how many concept
+    images still show the concept. Returns comparison_grid's image arguments and a "report" entry."""
+    concept = config.concepts[0]
+    concept_prompts = config.concept_prompts(concept)[:8]
+    other_prompts = (list(config.preserve_prompts) or GENERIC_PRESERVE)[:8]
+    images = {}
+    for name, prompts in (("concept", concept_prompts), ("other", other_prompts)):
+        seeds = list(range(len(prompts)))
+        images[f"{name}_before"] = sample_images(model, prompts, seeds, **control.sampling_kwargs())
+        images[f"{name}_after"] = sample_images(model, prompts, seeds, unet=tuned_unet, **control.sampling_kwargs())
+    report: dict = {"concept_prompts": len(concept_prompts), "other_prompts": len(other_prompts),
+                    "scale": control.scale}
+    if judge is not None:
+        from .toyworld import evaluate as toy_eval
+
+        attribute, name = toy_eval.parse_concept(concept)
+        for when in ("before", "after"):
+            seen = judge.predict(images[f"concept_{when}"])[attribute]
+            report[f"erased_rate_{when}"] = sum(p == name for p in seen) / len(seen)
+    return {**images, "report": report}

@@ -7,9 +7,10 @@ from .compare import ErasureCompare
 from .dataset import ScrambledGridDataset
 from .erase import EraseConceptCG, EraseConceptDT
 from .files import LoadErasure, SaveErasure
+from .toyworld import ToyControlImage, ToyControlNetLoader, ToyWorldLoader
 
 NODES: list[type[io.ComfyNode]] = [ScrambledGridDataset, EraseConceptDT, EraseConceptCG, SaveErasure, LoadErasure,
-                                   ErasureCompare]
+                                   ErasureCompare, ToyWorldLoader, ToyControlNetLoader, ToyControlImage]
 
 
 class ConceptEraserExtension(ComfyExtension):

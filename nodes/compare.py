@@ -52,7 +52,7 @@ class ErasureCompare(io.ComfyNode):
                                    tooltip="ComfyUI sampler, as in KSampler."),
                     io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
                                    tooltip="ComfyUI scheduler, as in KSampler."),
-                    io.Int.Input("image_size", default=512, min=64, max=2048, step=64,
+                    io.Int.Input("image_size", default=512, min=32, max=2048, step=32,
                                  tooltip="Square image size in pixels.")],
             outputs=[io.Image.Output(display_name="grid", tooltip="Before (left) and after (right), one row per prompt."),
                      io.Image.Output(display_name="after", tooltip="The erased model's images only.")])

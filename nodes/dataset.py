@@ -52,7 +52,7 @@ class ScrambledGridDataset(io.ComfyNode):
                 io.String.Input("templates", multiline=True, default="\n".join(DEFAULT_TEMPLATES),
                                 tooltip="Prompt templates, one per line; {} is the concept."),
                 io.Int.Input("images_per_prompt", default=2, min=1, max=64, tooltip="Images drawn per template."),
-                io.Int.Input("image_size", default=512, min=64, max=2048, step=64, tooltip="Size of drawn images."),
+                io.Int.Input("image_size", default=512, min=32, max=2048, step=32, tooltip="Size of drawn images."),
                 io.Int.Input("sampling_steps", default=25, min=2, max=200, tooltip="Sampling steps per drawn image."),
             ],
             outputs=[Dataset.Output(display_name="dataset", tooltip="Connect to Erase Concept (Degeneration-Tuning)."),

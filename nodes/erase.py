@@ -50,8 +50,8 @@ def training_inputs(steps: int, lr: float, group: str) -> list:
         io.Int.Input("sampling_steps", default=25, min=2, max=200,
                      tooltip="Steps the original model takes to draw its own images of the prompts (done once, "
                              "before training)."),
-        io.Int.Input("image_size", default=512, min=64, max=2048, step=64,
-                     tooltip="Pixel size of those images. The model's native size is best; smaller is faster."),
+        io.Int.Input("image_size", default=512, min=32, max=2048, step=32,
+                     tooltip="Pixel size of those images. The model's native size is best (the toy world: 32); smaller is faster."),
         io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
                      tooltip="Seed for the images, the noise and the training batches (same seed, same erasure)."),
     ]

@@ -1,5 +1,4 @@
 """Loading is offline only: a missing local config is a clear error, never a download."""
-import re
 
 import pytest
 import torch
@@ -37,17 +36,12 @@ def ldm_checkpoint_of(model) -> dict[str, torch.Tensor]:
     """A diffusers model's weights in the single-file ldm layout that A1111, Forge and ComfyUI save
     (ComfyUI's own key maps do the renaming; ComfyUI and tests/comfy must be importable)."""
     import comfy.utils
-    from comfy.diffusers_convert import convert_vae_state_dict
-    from comfy_tiny import unet_config_for
+
+    from erasure_core.backends.comfy_toyworld import ldm_vae_state_dict, unet_config_for
 
     unet_keys = comfy.utils.unet_to_diffusers(unet_config_for(dict(model.unet.config)))  # diffusers name -> ldm name
     sd = {f"model.diffusion_model.{unet_keys[k]}": v for k, v in model.unet.state_dict().items()}
-    # ComfyUI's VAE map numbers the decoder levels for SD's four (ldm up.3 = diffusers up_blocks.0); renumber them
-    # for this VAE's own depth, as ldm does.
-    shift = 4 - len(model.vae.config.block_out_channels)
-    vae = {re.sub(r"^decoder\.up\.(\d+)\.", lambda m: f"decoder.up.{int(m[1]) - shift}.", k): v
-           for k, v in convert_vae_state_dict(model.vae.state_dict()).items()}
-    sd |= {f"first_stage_model.{k}": v for k, v in vae.items()}
+    sd |= {f"first_stage_model.{k}": v for k, v in ldm_vae_state_dict(model.vae).items()}
     text = {k.removeprefix("text_model."): v for k, v in model.text_encoder.state_dict().items()}  # either transformers
     sd |= {f"cond_stage_model.transformer.text_model.{k}": v for k, v in text.items()}
     return {k: v.contiguous() for k, v in sd.items()}

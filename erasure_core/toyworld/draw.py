@@ -4,6 +4,8 @@ Pure numpy, deterministic for a seed. Shapes are rendered 4x supersampled for sm
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .world import Scene
@@ -46,15 +48,45 @@ def shape_mask(shape: str, u: np.ndarray, v: np.ndarray, radius: float) -> np.nd
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def draw_scene(scene: Scene, rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
-    """One image (H, W, 3) float32 in [0, 1] of `scene`, with random placement, size and rotation."""
-    x, y = _grid(size)
+@dataclass(frozen=True)
+class Placement:
+    """Where a shape sits on the canvas: centre (px), circumradius (px) and rotation (radians)."""
+
+    cx: float
+    cy: float
+    radius: float
+    angle: float
+
+
+def random_placement(shape: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Placement:
+    """The random position, size and rotation every toy-world image is drawn with."""
     cx, cy = size / 2 + rng.uniform(-3, 3, size=2)
     radius = rng.uniform(0.30, 0.40) * size
-    angle = 0.0 if scene.shape == "circle" else rng.uniform(-0.25, 0.25)
-    cos, sin = np.cos(angle), np.sin(angle)
-    u = (x - cx) * cos + (y - cy) * sin
-    v = -(x - cx) * sin + (y - cy) * cos
+    angle = 0.0 if shape == "circle" else rng.uniform(-0.25, 0.25)
+    return Placement(float(cx), float(cy), float(radius), float(angle))
+
+
+def _rotated(placement: Placement, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Supersampled pixel centres (x, y) and the same points in the shape's rotated frame (u, v)."""
+    x, y = _grid(size)
+    cos, sin = np.cos(placement.angle), np.sin(placement.angle)
+    u = (x - placement.cx) * cos + (y - placement.cy) * sin
+    v = -(x - placement.cx) * sin + (y - placement.cy) * cos
+    return x, y, u, v
+
+
+def _coverage(mask: np.ndarray, size: int) -> np.ndarray:
+    """Share of each output pixel a supersampled mask covers, (H, W) in [0, 1]."""
+    return mask.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))
+
+
+def draw_scene(scene: Scene, rng: np.random.Generator, size: int = IMAGE_SIZE,
+               placement: Placement | None = None) -> np.ndarray:
+    """One image (H, W, 3) float32 in [0, 1] of `scene`, with random placement, size and rotation
+    (or the given `placement`)."""
+    placement = placement or random_placement(scene.shape, rng, size)
+    x, y, u, v = _rotated(placement, size)
+    radius = placement.radius
 
     inside = shape_mask(scene.shape, u, v, radius)
     if scene.style == "solid":
@@ -76,9 +108,26 @@ def draw_scene(scene: Scene, rng: np.random.Generator, size: int = IMAGE_SIZE) -
         paint = outline | (inner & pattern)
 
     colour = np.array(RGB[scene.color], dtype=np.float32) + rng.normal(0, 0.03, size=3).astype(np.float32)
-    coverage = paint.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))[..., None]
+    coverage = _coverage(paint, size)[..., None]
     image = BACKGROUND * (1 - coverage) + colour * coverage
     return np.clip(image, 0, 1).astype(np.float32)
+
+
+def outline_hint(shape: str, placement: Placement, size: int = IMAGE_SIZE) -> np.ndarray:
+    """A control image (H, W, 3) in [0, 1]: the shape's 1-px outline, white on black (as an edge map)."""
+    _, _, u, v = _rotated(placement, size)
+    line = shape_mask(shape, u, v, placement.radius) & ~shape_mask(shape, u, v, placement.radius - 1.0)
+    return np.repeat(_coverage(line, size)[..., None], 3, axis=2).astype(np.float32)
+
+
+def blob_hint(placement: Placement, size: int = IMAGE_SIZE) -> np.ndarray:
+    """A control image (H, W, 3) in [0, 1]: a soft round blob, white on black, centred where the shape
+    sits and as wide as it is. The same for every shape and rotation, so it fixes position and size only."""
+    centres = np.arange(size, dtype=np.float32) + 0.5
+    x, y = np.meshgrid(centres, centres, indexing="xy")
+    d2 = (x - placement.cx) ** 2 + (y - placement.cy) ** 2
+    blob = np.exp(-d2 / (2 * (0.5 * placement.radius) ** 2))
+    return np.repeat(blob[..., None], 3, axis=2).astype(np.float32)
 
 
 def blank_canvas(rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:

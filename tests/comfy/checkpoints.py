@@ -47,13 +47,6 @@ def unet_shapes() -> dict[str, torch.Size]:
     return meta_shapes(lambda: UNetModel(**cfg, operations=comfy.ops.disable_weight_init))
 
 
-def controlnet_shapes() -> dict[str, torch.Size]:
-    import comfy.ops
-    from comfy.cldm.cldm import ControlNet
-
-    return meta_shapes(lambda: ControlNet(hint_channels=3, **SHALLOW_SD15, operations=comfy.ops.disable_weight_init))
-
-
 def clip_l_shapes() -> dict[str, torch.Size]:
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -78,6 +71,3 @@ def write_checkpoint(path, seed: int = 0) -> None:
     sd.update({f"first_stage_model.{k}": v for k, v in vae.items()})
     save_file(sd, str(path))
 
-
-def write_controlnet(path, seed: int = 10) -> None:
-    save_file({f"control_model.{k}": v for k, v in random_like(controlnet_shapes(), seed).items()}, str(path))

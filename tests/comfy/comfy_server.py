@@ -101,26 +101,61 @@ class Comfy:
             out.append(np.asarray(Image.open(path).convert("RGB")).astype(np.int16))
         return out
 
-    def example(self, name: str) -> dict:
+    def example(self, name: str, fast: bool = True) -> dict:
+        """An example workflow as an API prompt; `fast` lowers the settings that only trade quality for time."""
         prompt = to_api(json.loads((EXAMPLES / f"{name}.json").read_text()), self.object_info)
         for node in prompt.values():
-            node["inputs"].update(FAST_WIDGETS.get(node["class_type"], {}))
+            node["inputs"].update(FAST_WIDGETS.get(node["class_type"], {}) if fast else {})
         return prompt
+
+
+def reference_run(comfy, prompt: dict, method: str) -> np.ndarray:
+    """The original-MODEL branch alone, fed through a same-size LatentUpscale: an identity whose
+    `method` changes only the cache key, so KSampler really runs again on the cached MODEL."""
+    keep = {k: v for k, v in prompt.items() if k not in ("2", "9", "11", "13")}  # no erase node
+    latent = prompt["8"]["inputs"]
+    keep["15"] = {"class_type": "LatentUpscale", "inputs": {"samples": ["8", 0], "upscale_method": method,
+                                                           "width": latent["width"], "height": latent["height"],
+                                                           "crop": "disabled"}}
+    keep["10"] = {**keep["10"], "inputs": {**keep["10"]["inputs"], "latent_image": ["15", 0]}}
+    return np.stack(comfy.images(comfy.run(keep), "14"))
+
+
+def judged_shapes(images: list[np.ndarray]) -> list[str]:
+    """The toy world's judge reading the shape of each saved 8-bit image."""
+    import torch
+
+    from erasure_core.toyworld import JUDGE_PATH
+    from erasure_core.toyworld.judge import load_judge
+
+    x = torch.from_numpy(np.stack(images)).float().div(255).permute(0, 3, 1, 2)
+    return load_judge(JUDGE_PATH).predict(x)["shape"]
+
+
+def run_controlnet_example(comfy) -> tuple[list[str], list[str]]:
+    """The ControlNet example as shipped (the toy world, DT erasure of 'circle', a position-only blob through
+    ControlNetApplyAdvanced); asserts the original MODEL draws the same images before and after the erasure
+    ran (the cached MODEL is never written to) and returns the judge's shapes (original branch, erased branch)."""
+    prompt = comfy.example("erase_with_controlnet", fast=False)
+    before = reference_run(comfy, prompt, "nearest-exact")
+    entry = comfy.run(prompt)
+    original, erased = comfy.images(entry, "14"), comfy.images(entry, "13")
+    after = reference_run(comfy, prompt, "bilinear")
+    assert np.array_equal(np.stack(original), before) and np.array_equal(after, before), \
+        "the cached MODEL must not change"
+    assert len(original) == len(erased) == 8
+    return judged_shapes(original), judged_shapes(erased)
 
 
 def start(base: Path):
     """Write the model files into `base`, start ComfyUI on it, yield it once /object_info answers."""
     import checkpoints
 
-    for sub in ("models/checkpoints", "models/controlnet", "models/loras", "input", "output", "custom_nodes"):
+    for sub in ("models/checkpoints", "models/loras", "input", "output", "custom_nodes"):
         (base / sub).mkdir(parents=True)
     (base / "custom_nodes" / "concept_eraser").symlink_to(REPO, target_is_directory=True)
     started = time.time()
     checkpoints.write_checkpoint(base / "models/checkpoints/v1-5-pruned-emaonly.safetensors")
-    checkpoints.write_controlnet(base / "models/controlnet/control_v11p_sd15_canny.safetensors")
-    hint = np.zeros((64, 64, 3), np.uint8)
-    hint[16:48, 30:34] = 255  # a white bar: a plausible edge map
-    Image.fromarray(hint).save(base / "input" / "control_hint.png")
     print(f"model files written in {time.time() - started:.1f} s")
     yield from serve(COMFYUI_DIR, base, ["--base-directory", str(base)])
 

@@ -1,6 +1,8 @@
 """Write examples/*.json (ComfyUI saved workflows) from compact specs.
 
     python tests/comfy/make_examples.py OBJECT_INFO.json     (GET /object_info of a ComfyUI with the pack)
+    python tests/comfy/make_examples.py --attach URL BASE    (a running server from comfy_server.start: also
+                                                              writes the ControlNet example's README picture)
 The specs below are the single source of the examples; the server test runs these files.
 """
 from __future__ import annotations
@@ -12,8 +14,10 @@ from pathlib import Path
 from workflows import build_ui
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from erasure_core.toyworld import evaluate as toy_eval  # noqa: E402
+
 CKPT = "v1-5-pruned-emaonly.safetensors"
-CONTROLNET = "control_v11p_sd15_canny.safetensors"
 CONCEPT, PRESERVE = "a dog", "a photo of a cat\na city street"
 
 
@@ -39,6 +43,18 @@ def decode(samples, vae, pos):
     return {"type": "VAEDecode", "pos": pos, "links": {"samples": samples, "vae": vae}, "size": [200, 60]}
 
 
+# The ControlNet example runs on the built-in toy world: erase "circle", then draw "a red solid circle" from the
+# erased and the original MODEL through the toy ControlNet with a blob that fixes only where the shape sits.
+TOY_CONCEPT, TOY_PROMPT = "circle", "a red solid circle"
+TOY_DT = dict(concept=TOY_CONCEPT, preserve="\n".join(toy_eval.preserve_prompts([TOY_CONCEPT])),
+              templates="\n".join(toy_eval.concept_templates(TOY_CONCEPT)), steps=100, learning_rate=3e-4,
+              parameter_group="all", batch_size=8, sampling_steps=25, image_size=32, seed=0, grid=4,
+              images_per_prompt=2, preserve_weight=4.0)
+TOY_SAMPLER = {"seed": 7, "steps": 25, "cfg": toy_eval.EVAL_GUIDANCE, "sampler_name": "ddim",
+               "scheduler": "ddim_uniform"}
+TOY_BATCH = 8  # images per branch (one noise seed, eight draws): what the test judges
+
+
 def erase_cg(pos, concept=CONCEPT, alternative="a cat"):
     return {"type": "ConceptEraser_EraseCG", "pos": pos, "size": [360, 560],
             "widgets": {"concept": concept, "alternative": alternative, "preserve": PRESERVE},
@@ -56,20 +72,24 @@ EXAMPLES = {
         5: {"type": "LossGraphNode", "pos": (800, 480), "links": {"loss": (2, 2)},
             "widgets": {"filename_prefix": "concept_eraser/loss"}},
     }),
-    "erase_with_controlnet": ("Degeneration-Tuning erasure, then the erased MODEL with ControlNetApplyAdvanced + KSampler", {
-        1: loader(),
-        2: {"type": "ConceptEraser_EraseDT", "pos": (380, 0), "size": [360, 600],
-            "widgets": {"concept": CONCEPT, "preserve": PRESERVE},
+    "erase_with_controlnet": ("Degeneration-Tuning erasure of 'circle' on the built-in toy world, then the erased "
+                              "MODEL and the original through the same ControlNet (ControlNetApplyAdvanced, a blob "
+                              "that fixes only where the shape sits) + KSampler", {
+        1: {"type": "ConceptEraser_ToyWorldLoader", "pos": (0, 0), "size": [320, 120]},
+        2: {"type": "ConceptEraser_EraseDT", "pos": (380, 0), "size": [360, 600], "widgets": TOY_DT,
             "links": {"model": (1, 0), "clip": (1, 1), "vae": (1, 2)}},
-        3: text(f"a photo of {CONCEPT} in a park", (1, 1), (380, 640)),
+        3: text(TOY_PROMPT, (1, 1), (380, 640)),
         4: text("", (1, 1), (380, 800)),
-        5: {"type": "ControlNetLoader", "pos": (0, 400), "widgets": {"control_net_name": CONTROLNET}},
-        6: {"type": "LoadImage", "pos": (0, 520), "widgets": {"image": "control_hint.png"}},
-        7: {"type": "ControlNetApplyAdvanced", "pos": (780, 640), "widgets": {"strength": 0.8},
-            "links": {"positive": (3, 0), "negative": (4, 0), "control_net": (5, 0), "image": (6, 0), "vae": (1, 2)}},
-        8: {"type": "EmptyLatentImage", "pos": (780, 860), "widgets": {"width": 512, "height": 512}},
-        9: {**sampler((2, 0), (7, 0), (7, 1), (8, 0), (1140, 0)), "title": "KSampler (erased)"},
-        10: {**sampler((1, 0), (7, 0), (7, 1), (8, 0), (1140, 520)), "title": "KSampler (original)"},
+        5: {"type": "ConceptEraser_ToyControlNetLoader", "pos": (0, 400), "size": [320, 80]},
+        6: {"type": "ConceptEraser_ToyControlImage", "pos": (0, 520), "size": [320, 220],
+            "widgets": {"kind": "blob", "shape": "circle", "x": 16.0, "y": 16.0, "radius": 11.0}},
+        7: {"type": "ControlNetApplyAdvanced", "pos": (780, 640), "widgets": {"strength": 1.0},
+            "links": {"positive": (3, 0), "negative": (4, 0), "control_net": (5, 0), "image": (6, 0)}},
+        8: {"type": "EmptyLatentImage", "pos": (780, 860),
+            "widgets": {"width": 128, "height": 128, "batch_size": TOY_BATCH}},  # 16x16 latents: 32 px images
+        9: {**sampler((2, 0), (7, 0), (7, 1), (8, 0), (1140, 0)), "widgets": TOY_SAMPLER, "title": "KSampler (erased)"},
+        10: {**sampler((1, 0), (7, 0), (7, 1), (8, 0), (1140, 520)), "widgets": TOY_SAMPLER,
+             "title": "KSampler (original)"},
         11: decode((9, 0), (1, 2), (1500, 0)),
         12: decode((10, 0), (1, 2), (1500, 520)),
         13: save((11, 0), "concept_eraser/erased", (1740, 0)),

@@ -1,7 +1,8 @@
 """Browser: headless Chromium (the system's Debian package, driven by Playwright; no browser is ever
 downloaded) opens the ComfyUI page, finds the pack's nodes in the node library and loads every
 example workflow without errors. With CONCEPT_ERASER_SCREENSHOTS=<dir> it also saves a picture of
-each loaded example (the README's pictures: docs/images/)."""
+each loaded example (the README's pictures: docs/images/); the ControlNet example is run from the page
+first, so its picture shows the workflow's real output."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,10 @@ CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chro
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 OUR_NODES = ["ConceptEraser_ScrambledGridDataset", "ConceptEraser_EraseDT", "ConceptEraser_EraseCG",
-             "ConceptEraser_SaveErasure", "ConceptEraser_LoadErasure", "ConceptEraser_Compare"]
+             "ConceptEraser_SaveErasure", "ConceptEraser_LoadErasure", "ConceptEraser_Compare",
+             "ConceptEraser_ToyWorldLoader", "ConceptEraser_ToyControlNetLoader", "ConceptEraser_ToyControlImage"]
+# Examples whose picture shows their output: the ids of their image-saving nodes.
+RUN_FOR_PICTURE = {"erase_with_controlnet": [13, 14]}
 IGNORED_CONSOLE = ("favicon", "Failed to load resource", "comfyui-workflow-templates", "templates",
                    "DevTools", "[vite]")
 
@@ -92,6 +96,11 @@ def test_load_example(page, name):
     if target:
         page.evaluate("() => document.querySelectorAll('button').forEach(b => { "  # hide the 'Nodes 2.0' banner
                       "if (b.textContent.includes('Try it out')) b.parentElement.parentElement.style.display = 'none'; })")
+        if name in RUN_FOR_PICTURE:  # the picture shows the workflow's own output: run it from the page
+            page.evaluate("() => window.app.queuePrompt(0, 1)")
+            page.wait_for_function("ids => ids.every(i => (window.app.graph.getNodeById(i).imgs || []).length)",
+                                   arg=RUN_FOR_PICTURE[name], timeout=900_000, polling=1000)
+            page.wait_for_timeout(1500)
         page.mouse.click(800, 980)  # focus the canvas (an empty spot) so the shortcut reaches it
         page.keyboard.press(".")  # the frontend's "fit view" shortcut
         page.wait_for_timeout(800)

@@ -58,7 +58,9 @@ def test_pack_import_needs_no_comfyui():
 
 def test_schemas(pack):
     assert set(pack) == {"ConceptEraser_ScrambledGridDataset", "ConceptEraser_EraseDT", "ConceptEraser_EraseCG",
-                         "ConceptEraser_SaveErasure", "ConceptEraser_LoadErasure", "ConceptEraser_Compare"}
+                         "ConceptEraser_SaveErasure", "ConceptEraser_LoadErasure", "ConceptEraser_Compare",
+                         "ConceptEraser_ToyWorldLoader", "ConceptEraser_ToyControlNetLoader",
+                         "ConceptEraser_ToyControlImage"}
     for cls in pack.values():
         schema = cls.GET_SCHEMA()
         assert schema.category == "Concept Eraser" and schema.description

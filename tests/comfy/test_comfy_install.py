@@ -4,7 +4,8 @@ The commands are read from the README's "Install" block and run with `<this repo
 this checkout (a git clone takes its committed state) and `pip` set to this Python's pip. The
 test environment has `erasure_core` installed in editable mode, which a ComfyUI user's venv does
 not: the server is started with that install hidden (a `sitecustomize` drops its import hook),
-so the pack must find its core beside itself, as it does after a plain clone.
+so the pack must find its core beside itself, as it does after a plain clone. In that fresh ComfyUI
+the ControlNet example runs as shipped and its result is judged.
 """
 from __future__ import annotations
 
@@ -65,8 +66,14 @@ def test_readme_install_steps_in_a_fresh_comfyui(comfy_env, tmp_path):
     for server in comfy_server.serve(fresh, fresh, [], env=env):
         log = server.log.read_text()
         ours = {k for k, v in server.object_info.items() if v["category"] == "Concept Eraser"}
-        assert len(ours) == 6, (ours, log[-3000:])
+        assert len(ours) == 9, (ours, log[-3000:])
         assert "editable installs hidden" in log
         import_lines = [line for line in log.splitlines() if str(pack) in line]  # ComfyUI's import-time report
         assert import_lines and not any("IMPORT FAILED" in line for line in import_lines), log[-3000:]
         assert "concept_eraser" in server.get("/workflow_templates")  # examples/ under Templates
+        # The ControlNet example runs out of the box here (the toy world ships with the pack) and does what it
+        # shows: the judge reads circles from the original MODEL under control, and none from the erased one.
+        seen_original, seen_erased = comfy_server.run_controlnet_example(server)
+        print("judge, original branch:", seen_original, "\njudge, erased branch:", seen_erased)
+        assert seen_original.count("circle") >= 7, "the original model draws the prompted circle under control"
+        assert seen_erased.count("circle") <= 1, "the erased model does not, under the same control"

@@ -1,9 +1,10 @@
 """Server end to end: ComfyUI's main.py --cpu on loopback with the pack in custom_nodes/, every
 example workflow submitted through POST /prompt, results read back from /history.
 
-Models: random-weight files that CheckpointLoaderSimple / ControlNetLoader detect as SD1.5 (see
-checkpoints.py for why they are shallow rather than full size). Widget values that only set
-quality (steps, sizes) are lowered after conversion to API format, so a run takes minutes on 2 CPUs.
+Models: random-weight files that CheckpointLoaderSimple detects as SD1.5 (see checkpoints.py for why
+they are shallow rather than full size), and the toy world with its ControlNet (the pack's Toy World
+loaders). Widget values that only set quality (steps, sizes) are lowered after conversion to API
+format, except in the ControlNet example, which runs as shipped so its result can be judged.
 """
 from __future__ import annotations
 
@@ -13,30 +14,16 @@ import numpy as np
 def test_pack_loaded(comfy):
     info = comfy.object_info
     ours = {k for k, v in info.items() if v["category"] == "Concept Eraser"}
-    assert len(ours) == 6, ours
+    assert len(ours) == 9, ours
     assert "IMPORT FAILED" not in "\n".join(l for l in comfy.log.read_text().splitlines() if "concept_eraser" in l)
     assert "/extensions/concept_eraser/concept_eraser.js" in comfy.get("/extensions")
 
 
-def reference_run(comfy, prompt: dict, method: str) -> np.ndarray:
-    """The original-MODEL branch alone, fed through a same-size LatentUpscale: an identity whose
-    `method` changes only the cache key, so KSampler really runs again on the cached MODEL."""
-    keep = {k: v for k, v in prompt.items() if k not in ("2", "9", "11", "13")}  # no erase node
-    keep["15"] = {"class_type": "LatentUpscale", "inputs": {"samples": ["8", 0], "upscale_method": method,
-                                                           "width": 64, "height": 64, "crop": "disabled"}}
-    keep["10"] = {**keep["10"], "inputs": {**keep["10"]["inputs"], "latent_image": ["15", 0]}}
-    return comfy.images(comfy.run(keep), "14")[0]
-
-
-def test_controlnet_example_original_untouched(comfy):
-    """Erased MODEL + ControlNet + KSampler; the original MODEL draws the same image before and after."""
-    prompt = comfy.example("erase_with_controlnet")
-    before = reference_run(comfy, prompt, "nearest-exact")
-    entry = comfy.run(prompt)
-    original, erased = comfy.images(entry, "14")[0], comfy.images(entry, "13")[0]
-    after = reference_run(comfy, prompt, "bilinear")
-    assert np.array_equal(original, before) and np.array_equal(after, before), "the cached MODEL must not change"
-    assert np.abs(erased - original).mean() > 0.5, "the erased MODEL draws something else"
+def test_core_nodes_all_imported(comfy):
+    """ComfyUI's own requirements are installed: every core node imports (Canny needs kornia)."""
+    log = comfy.log.read_text()
+    assert "IMPORT FAILED" not in log and "did not import correctly" not in log, log[-3000:]
+    assert "Canny" in comfy.object_info
 
 
 def test_compare_example(comfy):

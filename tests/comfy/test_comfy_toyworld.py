@@ -1,0 +1,67 @@
+"""The toy world and its ControlNet as ComfyUI objects (erasure_core.backends.comfy_toyworld): each part
+computes what its diffusers original computes, and the pack's toy-world nodes hand them to the graph."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def parts(comfy_env, toy_diffusers):
+    from erasure_core.backends import comfy_toyworld
+    from erasure_core.controlnet import load_controlnet
+    from erasure_core.toyworld import CONTROLNET_DIR, MODEL_DIR
+
+    return {"model": comfy_toyworld.build_model(toy_diffusers.unet, toy_diffusers.vae_scale),
+            "clip": comfy_toyworld.build_clip(toy_diffusers.text_encoder, MODEL_DIR / "tokenizer"),
+            "vae": comfy_toyworld.build_vae(toy_diffusers.vae),
+            "diffusers_controlnet": (cn := load_controlnet(CONTROLNET_DIR)),
+            "controlnet": comfy_toyworld.build_controlnet(cn)}
+
+
+def test_clip_encodes_as_the_toy_text_encoder(parts, toy_diffusers):
+    prompts = ["a red striped circle", "green cross, solid", "a square that is blue and dotted", ""]
+    clip = parts["clip"]
+    mine = torch.cat([clip.encode_from_tokens_scheduled(clip.tokenize(p))[0][0] for p in prompts])
+    assert torch.allclose(mine, toy_diffusers.encode_text(prompts), atol=1e-5)
+
+
+def test_vae_and_unet_compute_as_the_diffusers_ones(parts, toy_diffusers):
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 16, 16, generator=gen)
+    decoded = parts["vae"].decode(latents / toy_diffusers.vae_scale).permute(0, 3, 1, 2)
+    assert torch.allclose(decoded, toy_diffusers.decode_latents(latents), atol=1e-5)
+    model = parts["model"].model
+    assert model.latent_format.scale_factor == toy_diffusers.vae_scale
+    t, ctx = torch.tensor([100, 700]), toy_diffusers.encode_text(["a red circle", "a blue square"])
+    with torch.no_grad():
+        assert torch.allclose(model.diffusion_model(latents, t.float(), context=ctx),
+                              toy_diffusers.unet(latents, t, ctx).sample, atol=1e-5)
+
+
+def test_controlnet_computes_as_the_diffusers_one(parts, toy_diffusers):
+    gen = torch.Generator().manual_seed(1)
+    x, hint = torch.randn(2, 4, 16, 16, generator=gen), torch.rand(2, 3, 128, 128, generator=gen)
+    t, ctx = torch.tensor([50, 900]), toy_diffusers.encode_text(["a red circle", ""])
+    with torch.no_grad():
+        down, mid = parts["diffusers_controlnet"](x, t, encoder_hidden_states=ctx, controlnet_cond=hint,
+                                                  return_dict=False)
+        mine = parts["controlnet"].control_model(x, hint, t.float(), ctx)
+    assert len(mine["output"]) == len(down)
+    for a, b in zip(mine["output"] + mine["middle"], list(down) + [mid]):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert any(d.abs().max() > 0 for d in down), "the shipped ControlNet is trained (its zero convs moved)"
+
+
+def test_toy_nodes(pack):
+    from erasure_core.toyworld.control import control_image
+    from erasure_core.toyworld.draw import Placement
+
+    model, clip, vae = pack["ConceptEraser_ToyWorldLoader"].execute().result
+    assert vae.downscale_ratio == 2 and model.model.latent_format.scale_factor > 1
+    cnet = pack["ConceptEraser_ToyControlNetLoader"].execute().result[0]
+    assert type(cnet).__name__ == "ControlNet"
+    image = pack["ConceptEraser_ToyControlImage"].execute("outline", "square", 12.0, 18.0, 10.0, 0.1).result[0]
+    assert image.shape == (1, 32, 32, 3)
+    assert np.array_equal(image[0].numpy(), control_image("outline", "square", Placement(12.0, 18.0, 10.0, 0.1)))
