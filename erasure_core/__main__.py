@@ -59,6 +59,8 @@ def cmd_erase(args) -> int:
     options = {k: v for k, v in vars(args).items() if v is not None and k in config_cls.__dataclass_fields__}
     if args.checkpointing is not None:
         options["checkpointing"] = {"auto": "auto", "on": True, "off": False}[args.checkpointing]
+    if args.rank == 0:
+        options["rank"] = None  # full weights of the group
     options["concepts"] = args.concept
     if args.alternative:
         options["alternatives"] = args.alternative
@@ -283,7 +285,7 @@ def main(argv=None) -> int:
     erase.add_argument("--steps", type=int)
     erase.add_argument("--lr", type=float)
     erase.add_argument("--group", help="cross_attn, cross_attn_kv, no_cross_attn or all")
-    erase.add_argument("--rank", type=int, help="LoRA rank (default: full weights of the group)")
+    erase.add_argument("--rank", type=int, help="LoRA rank; 0 trains the full weights of the group (default: the method's: dt 8, cg and esd 0)")
     erase.add_argument("--grid", type=int, help="DT: scrambled grid size")
     erase.add_argument("--drift-weight", dest="drift_weight", type=float, help="CG: λ on the unconditional drift")
     erase.add_argument("--eta", type=float, help="ESD: negative-guidance strength")

@@ -12,8 +12,8 @@ counted by running the UNet's forward pass on the `meta` device (shapes only, no
 compute) on a copy of its structure, with the trained weights marked as trained, and adding up
 every tensor autograd saves; attention is counted as the fused kernels keep it (query, key,
 value, output and log-sum-exp, as PyTorch's flash/memory-efficient attention on GPUs and its
-flash kernel on CPUs do). The step's peak is that count times a factor measured on the CPU
-(ACTIVATION_PEAK_FACTOR). `tests/test_memory.py` checks the count against the tensors a real
+flash kernel on CPUs do). The step's peak is that count times factors measured on the CPU
+(ACTIVATION_PEAK_FACTOR, CHECKPOINT_UNIT_FACTOR). `tests/test_memory.py` checks the count against the tensors a real
 training step saves, the exact parts against the real tensors, and the plan against the
 measured peak of training on the CPU.
 """
@@ -25,6 +25,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,10 +37,18 @@ from .trainable import select_modules
 
 GiB = 2**30
 # Peak memory of a training step over the activations autograd saves: the backward pass's gradients, the
-# loss's temporaries and the allocator's slack. Measured on the CPU (`python bench/memory_plan.py`): the
-# training phase of cg / dt / esd on the toy world peaked at 1.57 / 1.43 / 1.50 x the saved bytes (plus
-# the exact parts); 1.6 covers them. CUDA's caching allocator differs: to be measured when a GPU is lent.
+# loss's temporaries and the allocator's slack. Measured on the CPU (tests/test_memory.py; bench/speed.py
+# --memory): the training phase of cg / dt / esd on the toy world peaked at 1.57 / 1.43 / 1.50 x the saved
+# bytes (plus the exact parts); 1.6 covers them. With gradient checkpointing the largest recomputed unit is
+# held again with its gradients during its backward: 4 x its saved bytes on top of 1.6 x the rest covered the
+# measured peaks of cg / dt on the toy world and cg on the SD1.5-shaped UNet (they needed 3.6 / 2.6 / 2.9 x).
+# A LoRA's backward adds transient tensors the saved bytes do not show (the gradient reaches each layer's input
+# through both the frozen weight and the LoRA pair, and is summed): dt on the toy world with a rank-8 LoRA of every
+# layer peaked at 2.07 x the saved bytes where its full weights peaked at 1.24 x; 2.2 covers it.
+# CUDA's caching allocator differs: to be measured when a GPU is lent.
 ACTIVATION_PEAK_FACTOR = 1.6
+LORA_PEAK_FACTOR = 2.2
+CHECKPOINT_UNIT_FACTOR = 4.0
 HEADROOM = 0.9  # plan to use at most 90% of the free memory: allocators fragment, kernels take workspace
 MEMORY_MODES = ("check", "auto", "off")
 
@@ -162,23 +171,41 @@ def call_unet(unet: nn.Module, x, t, context):
 
 
 def checkpoint_units(unet: nn.Module) -> list[nn.Module]:
-    """The modules gradient checkpointing recomputes as one: diffusers' resnets and transformers, or the
-    ldm blocks that `trainable.enable_checkpointing` wraps."""
+    """The modules gradient checkpointing recomputes as one: diffusers' resnets and the transformer blocks
+    inside its attention layers (their norms and projections stay outside), or the ldm blocks that
+    `trainable.enable_checkpointing` wraps."""
     if hasattr(unet, "down_blocks"):
-        blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
-        return [m for b in blocks if b is not None for part in ("resnets", "attentions")
-                for m in getattr(b, part, None) or []]
+        blocks = [b for b in (*unet.down_blocks, unet.mid_block, *unet.up_blocks) if b is not None]
+        return ([r for b in blocks for r in getattr(b, "resnets", None) or []]
+                + [t for b in blocks for a in getattr(b, "attentions", None) or []
+                   for t in getattr(a, "transformer_blocks", [])])
     return [*getattr(unet, "input_blocks", []), *([unet.middle_block] if hasattr(unet, "middle_block") else []),
             *getattr(unet, "output_blocks", [])]
 
 
-def activation_bytes(unet: nn.Module, rows: int, latent_shape: tuple[int, int, int], context_shape: tuple[int, int],
-                     trained: set[str], dtype: torch.dtype, checkpointing: bool) -> int:
-    """Bytes autograd keeps for the backward pass of one UNet call on `rows` rows.
+class SavedActivations(NamedTuple):
+    """What one UNet call keeps for its backward pass, in bytes, split by gradient checkpointing's units."""
 
-    Without checkpointing: every saved tensor. With it: the inputs of each checkpointed unit, what is
-    saved outside the units, and the largest unit's own activations (recomputed during the backward).
-    """
+    outside: int  # saved outside every checkpointed unit
+    unit_inputs: int  # the units' inputs (what checkpointing keeps of them)
+    units: int  # saved inside the units (what checkpointing recomputes)
+    largest_unit: int  # the largest single unit's share of `units`
+
+    def kept(self, checkpointing: bool) -> int:
+        """Bytes held when the forward pass ends."""
+        return self.outside + (self.unit_inputs + self.largest_unit if checkpointing else self.units)
+
+    def peak(self, checkpointing: bool, lora: bool = False) -> int:
+        """The training step's peak for these activations (factors measured on the CPU, see above)."""
+        factor = LORA_PEAK_FACTOR if lora else ACTIVATION_PEAK_FACTOR
+        if checkpointing:
+            return int(factor * (self.outside + self.unit_inputs) + CHECKPOINT_UNIT_FACTOR * self.largest_unit)
+        return int(factor * (self.outside + self.units))
+
+
+def saved_activations(unet: nn.Module, rows: int, latent_shape: tuple[int, int, int],
+                      context_shape: tuple[int, int], trained: set[str], dtype: torch.dtype) -> SavedActivations:
+    """Bytes autograd keeps for the backward pass of one UNet call on `rows` rows, counted on `meta`."""
     probe = meta_structure(unet, trained, dtype)
     units = checkpoint_units(probe)
     saved_in: dict[int, int] = {}  # unit index -> bytes saved inside it
@@ -223,9 +250,8 @@ def activation_bytes(unet: nn.Module, rows: int, latent_shape: tuple[int, int, i
     finally:
         for h in handles:
             h.remove()
-    if not checkpointing:
-        return outside[0] + sum(saved_in.values())
-    return outside[0] + sum(inputs.values()) + max(saved_in.values(), default=0)
+    return SavedActivations(outside[0], sum(inputs.values()), sum(saved_in.values()),
+                            max(saved_in.values(), default=0))
 
 
 # -- the device -----------------------------------------------------------------------------------
@@ -267,8 +293,8 @@ def plan_memory(model, method: str, config, available: int | None | bool = True)
         "gradients (fp32)": 4 * n_trained,
         "optimiser state (AdamW)": 8 * n_trained,
         "cached tensors": config.cached_bytes(latent_bytes, image_bytes, math.prod(context_shape) * 4),
-        f"activations ({rows} rows)": int(ACTIVATION_PEAK_FACTOR * activation_bytes(
-            layout, rows, model.latent_shape, context_shape, trained, precision_dtype, checkpointing)),
+        f"activations ({rows} rows)": saved_activations(layout, rows, model.latent_shape, context_shape, trained,
+                                                        precision_dtype).peak(checkpointing, lora=config.rank is not None),
     }
     weights = "full weights" if config.rank is None else f"LoRA rank {config.rank}"
     settings = (f"{method}, {config.group} {weights} ({n_trained / 1e6:.1f} M trained), batch {config.batch_size}, "

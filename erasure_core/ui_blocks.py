@@ -21,9 +21,9 @@ from .errors import ErasureCancelled, ErasureError, ErasureInputError, NonFinite
 # tests check they match erasure_core.trainable.GROUPS and the methods' config defaults.
 GROUPS = ("cross_attn", "cross_attn_kv", "no_cross_attn", "all")
 METHOD_DEFAULTS = {
-    "dt": {"lr": 1e-4, "group": "all", "steps": 200},
-    "cg": {"lr": 5e-4, "group": "cross_attn", "steps": 200},
-    "esd": {"lr": 1e-4, "group": "cross_attn", "steps": 200},
+    "dt": {"lr": 1e-3, "group": "all", "rank": 8, "steps": 200},
+    "cg": {"lr": 5e-4, "group": "cross_attn", "rank": 0, "steps": 200},
+    "esd": {"lr": 1e-4, "group": "cross_attn", "rank": 0, "steps": 200},
 }
 METHOD_HELP = (
     "**dt**: Degeneration-Tuning (the concept's prompt draws meaningless texture) · "
@@ -356,11 +356,11 @@ class EraseRunner:
 
 
 def on_method_change(method: str):
-    """The chosen method's own defaults for learning rate and parameter group."""
+    """The chosen method's own defaults for learning rate, parameter group and LoRA rank."""
     import gradio as gr
 
     defaults = method_defaults(method)
-    return gr.update(value=defaults["lr"]), gr.update(value=defaults["group"])
+    return gr.update(value=defaults["lr"]), gr.update(value=defaults["group"]), gr.update(value=defaults["rank"])
 
 
 # ---------------------------------------------------------------- the Blocks
@@ -391,7 +391,7 @@ def build_blocks(host: Host, runner: EraseRunner | None = None):
                 with gr.Row():
                     group = gr.Dropdown(list(GROUPS), value=first["group"], label="Parameter group",
                                         elem_id="ce_group")
-                    rank = gr.Number(value=0, precision=0, label="LoRA rank (0 = full weights)", elem_id="ce_rank")
+                    rank = gr.Number(value=first["rank"], precision=0, label="LoRA rank (0 = full weights)", elem_id="ce_rank")
                     seed = gr.Number(value=0, precision=0, label="Seed", elem_id="ce_seed")
                 grid = gr.Number(value=0, precision=0, elem_id="ce_grid",
                                  label="Grid (dt only; 0 = default: 4 for objects; for a style, finer than its "
@@ -418,7 +418,7 @@ def build_blocks(host: Host, runner: EraseRunner | None = None):
         def plan(method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid):
             return runner.plan(method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid)
 
-        method.change(on_method_change, inputs=method, outputs=[lr, group])
+        method.change(on_method_change, inputs=method, outputs=[lr, group, rank])
         plan_button.click(plan, inputs=[method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid],
                           outputs=status)
         run_button.click(run, inputs=[method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, grid],

@@ -31,7 +31,7 @@ def concept_inputs() -> list:
     ]
 
 
-def training_inputs(steps: int, lr: float, group: str) -> list:
+def training_inputs(steps: int, lr: float, group: str, rank: int | None = None) -> list:
     return [
         io.String.Input("preserve", multiline=True, default="",
                         tooltip="Prompts whose images must NOT change (one per line), e.g. related styles or "
@@ -41,7 +41,7 @@ def training_inputs(steps: int, lr: float, group: str) -> list:
         io.Int.Input("steps", default=steps, min=1, max=10000, tooltip="Training steps. More erases more firmly."),
         io.Float.Input("learning_rate", default=lr, min=1e-6, max=0.1, step=1e-5, round=False,
                        tooltip="AdamW learning rate. If the loss becomes NaN, divide it by 10."),
-        io.Int.Input("rank", default=0, min=0, max=256,
+        io.Int.Input("rank", default=rank or 0, min=0, max=256,
                      tooltip="0 trains the chosen layers' full weights; r > 0 trains a LoRA of rank r (smaller file)."),
         io.Combo.Input("parameter_group", options=list(GROUPS), default=group,
                        tooltip="Which UNet layers change: cross_attn = the layers that read the text (surgical); "
@@ -120,7 +120,7 @@ class EraseConceptDT(io.ComfyNode):
                         "becomes texture, not another concept: to turn it into an alternative, use Erase Concept "
                         "(Classifier Guidance).",
             inputs=[io.Model.Input("model"), io.Clip.Input("clip"), io.Vae.Input("vae"), *concept_inputs(),
-                    *training_inputs(200, DTConfig.lr, DTConfig.group),
+                    *training_inputs(200, DTConfig.lr, DTConfig.group, DTConfig.rank),
                     io.Int.Input("grid", default=4, min=2, max=512,
                                  tooltip="Scrambled grid size g (g×g patches); larger destroys more structure. 4 erases "
                                          "objects; for a style or texture, make the patches smaller than the texture "

@@ -39,6 +39,7 @@ def test_defaults_match_the_core():
         fields = {f.name: f.default for f in dataclasses.fields(config_cls)}
         assert ui_blocks.METHOD_DEFAULTS[name]["lr"] == fields["lr"]
         assert ui_blocks.METHOD_DEFAULTS[name]["group"] == fields["group"]
+        assert (ui_blocks.METHOD_DEFAULTS[name]["rank"] or None) == fields["rank"]
 
 
 @pytest.mark.parametrize("changes, field", [
@@ -98,8 +99,10 @@ def test_blocks_build_and_method_defaults():
     host = Host(load_model=lambda: None, out_dir=Path("unused"))
     blocks = build_blocks_checked(host)
     assert isinstance(blocks, gr.Blocks)
-    lr, group = ui_blocks.on_method_change("esd")
-    assert lr["value"] == 1e-4 and group["value"] == "cross_attn"
+    lr, group, rank = ui_blocks.on_method_change("esd")
+    assert lr["value"] == 1e-4 and group["value"] == "cross_attn" and rank["value"] == 0
+    lr, group, rank = ui_blocks.on_method_change("dt")
+    assert lr["value"] == 1e-3 and group["value"] == "all" and rank["value"] == 8
 
 
 def build_blocks_checked(host):

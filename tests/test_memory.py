@@ -53,8 +53,8 @@ def test_the_meta_count_matches_what_autograd_keeps(toy_model, group):
     rows = 12
     x, t = torch.randn(rows, *toy_model.latent_shape), torch.randint(0, 1000, (rows,))
     ctx = toy_model.encode_text(["a red solid circle"] * rows)
-    counted = memory.activation_bytes(unet, rows, toy_model.latent_shape, tuple(ctx.shape[1:]), trained,
-                                      torch.float32, checkpointing=False)
+    counted = memory.saved_activations(unet, rows, toy_model.latent_shape, tuple(ctx.shape[1:]), trained,
+                                       torch.float32).kept(checkpointing=False)
     real = real_saved_bytes(unet, trained, x, t, ctx)
     assert abs(counted - real) / real < 0.05, (counted, real)
 
@@ -63,11 +63,10 @@ def test_checkpointing_plans_less_and_bf16_half():
     model = memory.ShapeOnlyModel.sd15(image_size=256)
     trained = {name for name, _ in memory.select_modules(model.unet, "cross_attn")}
     kw = dict(rows=2, latent_shape=model.latent_shape, context_shape=model.context_shape, trained=trained)
-    full = memory.activation_bytes(model.unet, dtype=torch.float32, checkpointing=False, **kw)
-    half = memory.activation_bytes(model.unet, dtype=torch.bfloat16, checkpointing=False, **kw)
-    recomputed = memory.activation_bytes(model.unet, dtype=torch.float32, checkpointing=True, **kw)
-    assert abs(half / full - 0.5) < 0.05
-    assert recomputed < full / 3
+    full = memory.saved_activations(model.unet, dtype=torch.float32, **kw)
+    half = memory.saved_activations(model.unet, dtype=torch.bfloat16, **kw)
+    assert abs(half.kept(False) / full.kept(False) - 0.5) < 0.05
+    assert full.kept(True) < full.kept(False) / 3 and full.peak(True) < full.peak(False) / 2
 
 
 @pytest.mark.parametrize("group, rank", [("cross_attn", None), ("all", None), ("cross_attn", 4)])
@@ -136,6 +135,7 @@ def _status(key: str) -> int:
 @pytest.mark.parametrize("cls, method, overrides", [
     (CGConfig, "cg", {"batch_size": 32}), (DTConfig, "dt", {"batch_size": 32, "images_per_prompt": 1}),
     (ESDConfig, "esd", {"batch_size": 96, "group": "no_cross_attn"}),
+    (CGConfig, "cg", {"batch_size": 64, "checkpointing": True}),
 ])
 def test_the_plan_covers_the_measured_peak_of_training_on_the_cpu(toy_model, monkeypatch, cls, method, overrides):
     """The training phase's peak resident memory (Linux VmHWM, reset just before training) against the plan's

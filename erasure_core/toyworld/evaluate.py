@@ -63,12 +63,12 @@ def toy_options(concepts: list[str]) -> dict:
 
 def dt_kind_options(concept: str) -> dict:
     """Degeneration-Tuning settings for the kind of concept (measured with bench/sweep.py; README "Choosing the
-    defaults"). Shapes: DTConfig's defaults (a 4x4 grid, the whole UNet, lr 1e-4). Fills are textures: a 4x4 or
+    defaults"). Shapes: DTConfig's defaults (a 4x4 grid, a rank-8 LoRA of the whole UNet, lr 1e-3). Fills are textures: a 4x4 or
     8x8 grid keeps the 6-px stripes inside each patch, so the scramble goes down to single pixels (grid = the
     image side), on the cross-attention layers (the whole UNet lost preserved accuracy there, as ESD-x against
     ESD-u) at lr 5e-4 with preserve weight 16 (lr 1e-3 with weight 4 lost two of 64 preserved images)."""
     if parse_concept(concept)[0] == "style":
-        return dict(grid=32, group="cross_attn", lr=5e-4, preserve_weight=16.0)
+        return dict(grid=32, group="cross_attn", rank=None, lr=5e-4, preserve_weight=16.0)
     return dict(grid=4)
 
 

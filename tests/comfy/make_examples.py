@@ -47,7 +47,7 @@ def decode(samples, vae, pos):
 # erased and the original MODEL through the toy ControlNet with a blob that fixes only where the shape sits.
 TOY_CONCEPT, TOY_PROMPT = "circle", "a red solid circle"
 TOY_DT = dict(concept=TOY_CONCEPT, preserve="\n".join(toy_eval.preserve_prompts([TOY_CONCEPT])),
-              templates="\n".join(toy_eval.concept_templates(TOY_CONCEPT)), steps=100, learning_rate=3e-4,
+              templates="\n".join(toy_eval.concept_templates(TOY_CONCEPT)), steps=100, learning_rate=1e-3, rank=8,
               parameter_group="all", batch_size=8, sampling_steps=25, image_size=32, seed=0, grid=4,
               images_per_prompt=2, preserve_weight=4.0)
 TOY_SAMPLER = {"seed": 7, "steps": 25, "cfg": toy_eval.EVAL_GUIDANCE, "sampler_name": "ddim",
