@@ -1,48 +1,51 @@
-"""Run by Automatic1111 / reForge / Forge at each start: install what requirements.txt lists.
+"""Run by Automatic1111 / reForge / Forge at each start: install what requirements.txt lists and is missing.
 
-Uses the webui's own helpers (`launch.is_installed`, `launch.run_pip`), which do nothing under
---skip-install. torch is never installed or pinned here: the webui brings its own.
+Nothing the webui has moves: a package it has stays at its version, and pip installs the missing ones under
+a constraints file that pins every installed package at its installed version (so no dependency of theirs
+can upgrade or downgrade one of the webui's). Where the webui's packages are older than the newest
+diffusers/peft need, an older range that imports with them is asked for (erasure_core/dependencies.py).
+Then it imports what the tab needs and, if that fails, prints one line with the fix.
+Uses the webui's own pip helper (`launch.run_pip`), a no-op under --skip-install. torch is never installed.
 """
 from __future__ import annotations
 
 import os
-import re
+import sys
+import tempfile
 
-REQUIREMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "requirements.txt")
-NEVER_INSTALL = {"torch", "torchvision", "xformers"}  # the webui's own; a different build would break it
-
-
-def requirements(path: str | None = None) -> list[tuple[str, str]]:
-    """[(pip requirement, distribution name)] from a requirements file, comments and torch left out."""
-    out = []
-    with open(path or REQUIREMENTS, encoding="utf-8") as f:
-        for line in f:
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            name = re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].strip()
-            if name.lower() not in NEVER_INSTALL:
-                out.append((line, name))
-    return out
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def install(launch_module) -> list[str]:
-    """Install each missing requirement with the webui's pip; returns what it asked pip for.
-
-    A package the webui already has is left at its version (upgrading e.g. transformers under
-    the webui could break it); only missing ones are installed.
-    """
-    asked = []
-    for requirement, name in requirements():
-        if not launch_module.is_installed(name):
-            launch_module.run_pip(f'install "{requirement}"', f"Concept Eraser requirement: {requirement}")
-            asked.append(requirement)
+def install(launch_module, deps) -> list[str]:
+    """Install each missing requirement with the webui's pip; returns what it asked pip for."""
+    installed = deps.installed_versions()
+    asked = [deps.choose(req, name, installed) for req, name in deps.missing(deps.requirements(), installed)]
+    if not asked:
+        return []
+    with tempfile.TemporaryDirectory() as folder:
+        constraints = os.path.join(folder, "webui-packages.txt")
+        with open(constraints, "w", encoding="utf-8") as f:
+            f.write(deps.constraints_text(installed))
+        wanted = " ".join(f'"{requirement}"' for requirement in asked)
+        launch_module.run_pip(f'install -c "{constraints}" {wanted}', f"Concept Eraser requirements: {', '.join(asked)}")
     return asked
 
 
-try:  # the webui runs this file with its root on PYTHONPATH, so `launch` imports there
-    import launch as _launch
-except ImportError:  # outside the webui: nothing to do
-    _launch = None
-if _launch is not None and hasattr(_launch, "run_pip"):
-    install(_launch)
+def main() -> None:
+    try:  # the webui runs this file with its root on PYTHONPATH, so `launch` imports there
+        import launch
+    except ImportError:  # outside the webui: nothing to do
+        return
+    if not hasattr(launch, "run_pip"):
+        return
+    sys.path.insert(0, ROOT)
+    from erasure_core import dependencies
+
+    install(launch, dependencies)
+    problem = dependencies.import_problem()
+    if problem:
+        print(problem, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -32,8 +32,11 @@ def make_host(model_path: Path, out_dir: Path, config: str | None = None, device
     toy, judge = toy_world_paths(model_path)
     intro = ("# Concept Eraser\nErase a concept from a diffusion model's weights. "
              f"Model: `{model_path}`" + (" (the built-in toy world: try the concept `circle`)." if toy else "."))
+    # The before/after images: the toy world's own size and sampler (fast); a real model's at most 256 px, 10 steps.
+    size = model.image_size
     return Host(load_model=lambda: model, out_dir=Path(out_dir), toy=toy, judge_path=judge, intro=intro,
-                log=lambda m: print(m, flush=True))
+                log=lambda m: print(m, flush=True), image_size=size, report_size=size if toy else min(size, 256),
+                report_steps=25 if toy else 10)
 
 
 def main(argv=None) -> int:

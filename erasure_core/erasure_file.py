@@ -21,6 +21,7 @@ from torch import nn
 
 from . import checks
 from .errors import ErasureInputError
+from .layers import weight_layers
 from .safe_files import atomic_path, check_safetensors
 
 PREFIX = "lora_unet_"
@@ -31,12 +32,13 @@ MAX_TENSORS = 20_000
 
 
 def layers(unet: nn.Module):
-    """(name, module) of every layer an erasure file can address: the UNet's Linear and Conv2d modules."""
-    return [(name, module) for name, module in unet.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d))]
+    """(name, module) of every layer an erasure file can address: the UNet's linear and conv layers, found by the
+    weight they hold (erasure_core.layers), so a host's own layer classes count too."""
+    return list(weight_layers(unet))
 
 
 def unet_fingerprint(unet: nn.Module) -> str:
-    """A short hash of the UNet's Linear/Conv2d names and shapes: equal for one architecture."""
+    """A short hash of the UNet's linear/conv layer names and shapes: equal for one architecture."""
     h = hashlib.sha256()
     for name, module in layers(unet):
         h.update(f"{name}:{tuple(module.weight.shape)};".encode())

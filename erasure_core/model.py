@@ -63,8 +63,13 @@ class DiffusersModel:
         self.vae_scale = self.vae.config.scaling_factor
 
     @property
+    def vae_factor(self) -> int:
+        """Pixels per latent cell along a side."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
     def image_size(self) -> int:
-        return self.latent_shape[1] * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.latent_shape[1] * self.vae_factor
 
     def predict_noise(self, unet, latents, timesteps, text_embeddings):
         if timesteps.ndim == 0:

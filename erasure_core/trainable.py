@@ -5,7 +5,8 @@ Parameter groups follow the erasure literature (names match both diffusers and l
                   classifier-guidance method's "surgical" default)
 - cross_attn_kv:  only `attn2.to_k/to_v` (ESD-x-strict)
 - no_cross_attn:  everything but cross-attention, time embedding and output layers (ESD-u)
-- all:            every Linear/Conv2d of the UNet
+- all:            every linear and conv layer of the UNet (erasure_core.layers: found by the weight they
+                  hold, so a host's own layer classes count too)
 The original UNet is never touched: training happens on a deep copy, full weights or LoRA
 adapters (peft) on the chosen modules, optionally with gradient checkpointing on the copy.
 """
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import ErasureInputError
+from .layers import LINEAR, layer_kind, weight_layers
 
 GROUPS = ("cross_attn", "cross_attn_kv", "no_cross_attn", "all")
 
@@ -41,8 +43,8 @@ def _in_group(name: str, group: str) -> bool:
 
 
 def select_modules(unet: nn.Module, group: str) -> list[tuple[str, nn.Module]]:
-    """The Linear/Conv2d modules of `unet` in `group`, by their dotted names."""
-    chosen = [(n, m) for n, m in unet.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and _in_group(n, group)]
+    """The linear and conv layers of `unet` in `group`, by their dotted names."""
+    chosen = [(n, m) for n, m in weight_layers(unet) if _in_group(n, group)]
     if not chosen:
         raise ErasureInputError("parameter group", f"group {group!r} selects no layer of this UNet",
                                 f"pick another group ({', '.join(GROUPS)})")
@@ -72,6 +74,14 @@ def enable_checkpointing(tuned: nn.Module) -> None:
         block.forward = functools.partial(_checkpointed, block.forward)
 
 
+def host_tensors(unet: nn.Module) -> dict[int, torch.Tensor]:
+    """{id: tensor} of the plain tensors a host hangs on the UNet's modules besides their parameters and buffers
+    (A1111's Lora network keeps a backup of every weight it patched): not used by the forward pass, so a copy
+    of the UNet shares them instead of duplicating them (they can be as large as the UNet itself)."""
+    return {id(value): value for module in unet.modules() for value in vars(module).values()
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter)}
+
+
 def shared_copy(unet: nn.Module, trained: list[str]) -> nn.Module:
     """A frozen copy of `unet` whose weights share storage with it, except those of the modules named in
     `trained`, which are copied (they will change). Only what is trained costs new memory; the copy's
@@ -80,6 +90,7 @@ def shared_copy(unet: nn.Module, trained: list[str]) -> nn.Module:
     copied = {id(p) for name in trained for p in unet.get_submodule(name).parameters(recurse=False)}
     memo = {id(p): nn.Parameter(p.detach(), requires_grad=False)
             for p in unet.parameters() if id(p) not in copied and not p.is_inference()}
+    memo.update(host_tensors(unet))
     return copy.deepcopy(unet, memo).requires_grad_(False)
 
 
@@ -108,6 +119,8 @@ def make_trainable(unet: nn.Module, group: str, rank: int | None = None,
                                 "leave it empty for full weights")
     from peft import LoraConfig, inject_adapter_in_model
 
+    for name in names:
+        use_torch_layer(tuned, name)
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=names, init_lora_weights=True)
     tuned = inject_adapter_in_model(config, tuned)
     params = [p for n, p in tuned.named_parameters() if "lora_" in n]
@@ -115,6 +128,31 @@ def make_trainable(unet: nn.Module, group: str, rank: int | None = None,
         p.data = p.data.float()
         p.requires_grad_(True)
     return tuned, params
+
+
+def use_torch_layer(tuned: nn.Module, name: str) -> None:
+    """Put a torch `nn.Linear` in place of a host's own linear layer class in the private copy `tuned`.
+
+    peft adds LoRA adapters to torch's layer classes only. A host layer that holds a weight and bias and
+    applies them with `F.linear` (Forge's `ForgeOperations.Linear`) does what an `nn.Linear` holding the
+    same Parameters does; anything it holds beyond those is refused rather than silently dropped.
+    """
+    module = tuned.get_submodule(name)
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        return
+    extra = sorted(n for n, _ in module.named_parameters(recurse=False) if n not in ("weight", "bias"))
+    if layer_kind(module) != LINEAR or extra:
+        raise ErasureInputError("LoRA rank", f"layer {name} ({type(module).__name__}) is not a torch Linear/Conv2d"
+                                + (f" and holds {', '.join(extra)}" if extra else ""),
+                                "set the LoRA rank to 0 to train full weights")
+    out_features, in_features = module.weight.shape
+    with torch.device("meta"):
+        layer = nn.Linear(in_features, out_features, bias=getattr(module, "bias", None) is not None)
+    layer.weight = module.weight
+    if layer.bias is not None:
+        layer.bias = module.bias
+    parent, _, child = name.rpartition(".")
+    setattr(tuned.get_submodule(parent) if parent else tuned, child, layer)
 
 
 def lora_layers(tuned: nn.Module):

@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 import threading
 import time
+import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 from .errors import ErasureCancelled, ErasureError, ErasureInputError, NonFiniteLoss
 
@@ -33,6 +35,7 @@ METHOD_HELP = (
 GALLERY_CONCEPT_PROMPTS = 4  # how many prompts with the concept the before/after gallery shows
 GALLERY_OTHER_PROMPTS = 2  # and how many without it
 DISPLAY_MIN_SIDE = 128  # small images (the toy world's are 32 px) are enlarged for display
+SAMPLE_STEPS = 25  # EraseConfig.sample_steps (a test checks they match)
 
 
 @dataclass
@@ -40,20 +43,30 @@ class Host:
     """What the UI needs from where it runs: the standalone app or the webui.
 
     `load_model()` returns the model to erase from (a `DiffusionModel`); `out_dir` receives one
-    folder per run; `publish(job_output)` may move the erasure file where the host wants it
-    (the webui's Lora folder) and returns its final path; `should_cancel()` adds a host's own
-    interrupt (the webui's) to the Cancel button.
+    folder per run (report and before/after grid; the erasure too unless `save` puts it elsewhere);
+    `save(result)` writes the erasure file where the host keeps them (the webui's Lora folder) and
+    returns its path; `should_cancel()` adds a host's own interrupt (the webui's) to the Cancel
+    button; `job()` is the context a run happens in (the webui's queue and job state) and yields a
+    callable `(desc, done, total)` that shows progress the host's own way, or None.
+    `image_size` is the size the original model draws its training images at by default, and the
+    report's before/after images default to `report_size` px (None: the model's own size) and
+    `report_steps` DDIM steps (few: fast). `log_hint` says where the full error is logged.
     """
 
     load_model: Callable[[], object]
     out_dir: Path
     toy: bool = False  # the toy world: use its own prompts, and its judge if `judge_path` is set
     judge_path: Path | None = None
-    publish: Callable[[object], Path] | None = None
+    save: Callable[[object], Path] | None = None
     should_cancel: Callable[[], bool] = lambda: False
     title: str = "Concept Eraser"
     intro: str = ""
     log: Callable[[str], None] = print
+    job: Callable[[], ContextManager] = nullcontext
+    image_size: int | None = None
+    report_size: int | None = None
+    report_steps: int = 10
+    log_hint: str = "the terminal this app was started from"
 
 
 # ---------------------------------------------------------------- parsing the form
@@ -106,11 +119,13 @@ def toy_options(method: str, concepts: list[str], preserve: list[str]) -> dict:
 
 
 def build_config(method, concepts_text, alternative_text, preserve_text, steps, lr, group, rank, seed, toy=False,
-                 grid=None):
+                 grid=None, sample_steps=None, batch_size=None):
     """The method's config from the form's raw values; ErasureInputError names the field at fault.
 
     `grid` (DT only): empty or 0 keeps the default (4; on the toy world, the setting measured for the
     concept's kind). gradio shows an unset Number as 0, hence 0 = default, as for the LoRA rank.
+    `sample_steps`: DDIM steps of the original model's own images/trajectories (empty: the default).
+    `batch_size`: rows per training step (empty or 0: the method's default; lower needs less memory).
     """
     from .methods import METHODS
 
@@ -131,6 +146,10 @@ def build_config(method, concepts_text, alternative_text, preserve_text, steps, 
                    seed=whole_number("seed", seed if seed not in (None, "") else 0, 0, "use e.g. 0"))
     if toy:
         options.update(toy_options(method, concepts, options["preserve_prompts"]))
+    if sample_steps not in (None, ""):
+        options["sample_steps"] = whole_number("sampling steps", sample_steps, 1, "use e.g. 25 (fewer is faster)")
+    if batch_size not in (None, "", 0):
+        options["batch_size"] = whole_number("batch size", batch_size, 1, "use e.g. 8 (lower needs less memory)")
     if method == "dt" and grid not in (None, "", 0):
         options["grid"] = whole_number("grid size", grid, 2, "use e.g. 4 for objects, finer for styles")
     config = METHODS[method][0](**options)
@@ -166,7 +185,9 @@ def loss_plot(losses: list[float], size: tuple[int, int] = (560, 260)):
     left, right, top, bottom = 64, 16, 28, 36
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    draw.text((w - right - 130, 8), "training loss per step", fill="black")  # top left is under gradio's label
+    # Centred, measured: gradio covers the image's top left with its label and the top right with its buttons.
+    title = "training loss per step"
+    draw.text(((w - draw.textlength(title)) / 2, 8), title, fill="black")
     draw.rectangle([left, top, w - right, h - bottom], outline="#888888")
     values = [v for v in losses if v == v]
     if not values:
@@ -216,17 +237,47 @@ def gallery_items(before, after, prompts: list[str]) -> list[tuple]:
     return items
 
 
+def spread_index(count: int, wanted: int) -> list[int]:
+    """`wanted` indices evenly spread over `count` items (all of them when there are fewer)."""
+    if count <= wanted:
+        return list(range(count))
+    return [round(i * (count - 1) / (wanted - 1)) for i in range(wanted)] if wanted > 1 else [0]
+
+
+def report_gallery(images) -> list[tuple]:
+    """The gallery of a job's report images (erasure_core.jobs.ReportImages): a spread of the prompts
+    with the concept, then of those without it, each before and after."""
+    if images is None or images.concept_after is None:
+        return []
+    import torch
+
+    o = spread_index(len(images.other_prompts), GALLERY_OTHER_PROMPTS)
+    c = spread_index(len(images.concept_prompts), GALLERY_CONCEPT_PROMPTS + GALLERY_OTHER_PROMPTS - len(o))
+    before = torch.cat([images.concept_before[c], images.other_before[o]])
+    after = torch.cat([images.concept_after[c], images.other_after[o]])
+    prompts = [images.concept_prompts[i] for i in c] + [images.other_prompts[i] for i in o]
+    return gallery_items(before, after, prompts)
+
+
 # ---------------------------------------------------------------- messages
 
 
-def error_message(exc: BaseException) -> str:
+def error_message(exc: BaseException, log_hint: str = "the terminal this app was started from") -> str:
+    """The status text of a failed run: what went wrong and what to do (or where to look)."""
     if isinstance(exc, ErasureInputError):
         return f"Error in {exc.field}: {exc.problem}.\nFix: {exc.fix}."
     if isinstance(exc, ErasureCancelled):
         return f"Cancelled: {exc}"
     if isinstance(exc, NonFiniteLoss):
         return f"Training diverged: {exc}"
-    return f"Error: {exc}"
+    if isinstance(exc, ErasureError):
+        return f"Error: {exc}"
+    text = f"Error: {type(exc).__name__}: {exc}".rstrip(": ")
+    if isinstance(exc, ImportError):
+        from .dependencies import import_problem
+
+        text += f"\n{import_problem() or ''}".rstrip()
+    return f"{text}\nWhere to look: the full traceback is in {log_hint}."
 
 
 def summary(report: dict, saved: Path | None) -> str:
@@ -277,8 +328,16 @@ class RunOutcome:
         return self.status, self.loss_image, self.gallery, self.saved_path
 
 
+def size_or_default(field_name: str, value, default: int | None) -> int | None:
+    """A pixel size from the form (empty or 0: the default; None: the model's own)."""
+    if value in (None, "", 0):
+        return default
+    return whole_number(field_name, value, 8, f"use e.g. {default}")
+
+
 class EraseRunner:
-    """One erasure at a time for a host; Cancel sets an event the training loop checks each step."""
+    """One erasure at a time for a host; Cancel sets an event checked at every training step and at every
+    step of the sampling before it (erasure_core.progress)."""
 
     def __init__(self, host: Host):
         self.host = host
@@ -293,66 +352,86 @@ class EraseRunner:
         return self.cancel_event.is_set() or bool(self.host.should_cancel())
 
     def run(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure=False,
-            progress: Callable | None = None, grid=None) -> RunOutcome:
+            progress: Callable | None = None, grid=None, image_size=None, sample_steps=None, report_size=None,
+            report_steps=None, batch_size=None) -> RunOutcome:
+        """Run an erasure from the form's values; every failure comes back as the status text."""
         if not self._lock.acquire(blocking=False):
             return RunOutcome("An erasure is already running: wait for it to finish, or press Cancel.")
         self.cancel_event.clear()
         try:
+            sampling = dict(image_size=image_size, sample_steps=sample_steps, report_size=report_size,
+                            report_steps=report_steps, batch_size=batch_size)
             return self._run(method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure,
-                             progress if progress is not None else (lambda *a, **k: None), grid)  # Progress is falsy
+                             progress if progress is not None else (lambda *a, **k: None), grid,  # Progress is falsy
+                             **sampling)
         except ErasureError as exc:  # input errors, cancel, divergence: the message says what to do
-            return RunOutcome(error_message(exc))
+            return RunOutcome(error_message(exc, self.host.log_hint))
+        except Exception as exc:  # anything else: its text here, its traceback in the host's log
+            self.host.log(f"Concept Eraser: the erasure failed\n{traceback.format_exc()}")
+            return RunOutcome(error_message(exc, self.host.log_hint))
         finally:
             self._lock.release()
 
-    def plan(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid=None) -> str:
+    def plan(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid=None,
+             image_size=None, sample_steps=None, batch_size=None) -> str:
         """The memory plan of the form's settings on the host's model, without running anything."""
         from .memory import plan_memory
+        from .sampling import at_image_size
 
         try:
             config = build_config(method, concepts, alternative, preserve, steps, lr, group, rank, seed,
-                                  toy=self.host.toy, grid=grid)
-            return plan_memory(self.host.load_model(), method, config).describe()
+                                  toy=self.host.toy, grid=grid, sample_steps=sample_steps, batch_size=batch_size)
+            model = at_image_size(self.host.load_model(), size_or_default("image size", image_size,
+                                                                           self.host.image_size))
+            return plan_memory(model, method, config).describe()
         except ErasureError as exc:
             return error_message(exc)
 
-    def _run(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, progress, grid):
-        from .jobs import output_path, run_erasure
-        from .methods.common import prepare
-        from .sampling import sample_images
+    def _run(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, progress, grid,
+             image_size, sample_steps, report_size, report_steps, batch_size):
+        from .jobs import ReportSettings, run_erasure
+        from .progress import listen
+        from .sampling import at_image_size, latent_shape_for
 
         host = self.host
         config = build_config(method, concepts, alternative, preserve, steps, lr, group, rank, seed, toy=host.toy,
-                              grid=grid)
-        progress(0.0, desc="loading the model")
-        model = host.load_model()
-        folder = run_folder(host.out_dir, method, config.concepts)
-        output_path(folder, config, method, model)  # the folder is writable and has room: checked before any work
-        config, plan = prepare(model, method, config)  # the memory plan: refused, or fitted, before any work
-        if plan is not None:
-            host.log(plan.describe())
-            progress(0.0, desc=plan.summary())
-        prompts, _ = gallery_prompts(config, host.toy)
-        seeds = list(range(len(prompts)))  # the same seeds before and after
-        progress(0.0, desc="sampling the 'before' images")
-        before = sample_images(model, prompts, seeds, steps=config.sample_steps, guidance=config.guidance)
+                              grid=grid, sample_steps=sample_steps, batch_size=batch_size)
+        image_size = size_or_default("image size", image_size, host.image_size)
+        report = ReportSettings(steps=host.report_steps if report_steps in (None, "") else whole_number(
+            "report steps", report_steps, 0, "use e.g. 10, or 0 for no before/after images"),
+            image_size=size_or_default("report image size", report_size, host.report_size))
+        report.concept_prompts, report.other_prompts = split_prompts(*gallery_prompts(config, host.toy))
+        with host.job() as host_progress:
+            def show(desc: str, done: int, total: int, text: str | None = None) -> None:
+                if self._should_cancel():
+                    raise ErasureCancelled(f"cancelled while {desc}; nothing was changed or written")
+                progress((done, total), desc=text or f"{desc}: {done}/{total}")
+                if host_progress is not None:
+                    host_progress(desc, done, total)
 
-        def on_step(step: int, total: int, loss: float) -> None:
-            progress((step, total), desc=f"erasing: step {step}/{total}, loss {loss:.4f}")
+            def on_step(step: int, total: int, loss: float) -> None:
+                progress((step, total), desc=f"erasing: step {step}/{total}, loss {loss:.4f}")
+                if host_progress is not None:
+                    host_progress(f"erasing (loss {loss:.4f})", step, total)
 
-        judge = None
-        if measure and host.toy and host.judge_path is not None:
-            from .toyworld.judge import load_judge
+            with listen(show):
+                show("loading the model", 0, 1)
+                model = at_image_size(host.load_model(), image_size)
+                latent_shape_for(model, report.image_size, "report image size")  # a bad size fails now, not after
+                judge = None
+                if measure and host.toy and host.judge_path is not None:
+                    from .toyworld.judge import load_judge
 
-            judge = load_judge(host.judge_path)
-        job = run_erasure(model, method, config, folder, judge=judge, progress=on_step,
-                          should_cancel=self._should_cancel, log=host.log)
-        progress(1.0, desc="sampling the 'after' images")
-        after = sample_images(model, prompts, seeds, unet=job.result.tuned_unet, steps=config.sample_steps,
-                              guidance=config.guidance)
-        saved = host.publish(job) if host.publish is not None else job.erasure_path
-        return RunOutcome(summary(job.report, saved), loss_plot(job.result.losses),
-                          gallery_items(before, after, prompts), str(saved), job)
+                    judge = load_judge(host.judge_path)
+                job = run_erasure(model, method, config, run_folder(host.out_dir, method, config.concepts),
+                                  judge=judge, progress=on_step, should_cancel=self._should_cancel, log=host.log,
+                                  report_settings=report, save=host.save)
+        return RunOutcome(summary(job.report, job.erasure_path), loss_plot(job.result.losses),
+                          report_gallery(job.images), str(job.erasure_path), job)
+
+
+def split_prompts(prompts: list[str], with_concept: int) -> tuple[list[str], list[str]]:
+    return prompts[:with_concept], prompts[with_concept:]
 
 
 def on_method_change(method: str):
@@ -393,9 +472,22 @@ def build_blocks(host: Host, runner: EraseRunner | None = None):
                                         elem_id="ce_group")
                     rank = gr.Number(value=first["rank"], precision=0, label="LoRA rank (0 = full weights)", elem_id="ce_rank")
                     seed = gr.Number(value=0, precision=0, label="Seed", elem_id="ce_seed")
+                    batch_size = gr.Number(value=0, precision=0, elem_id="ce_batch_size",
+                                           label="Batch size (0 = default; lower needs less memory)")
                 grid = gr.Number(value=0, precision=0, elem_id="ce_grid",
                                  label="Grid (dt only; 0 = default: 4 for objects; for a style, finer than its "
                                        "texture)")
+                with gr.Row():  # the original model's sampling: for training, and for the before/after report
+                    image_size = gr.Number(value=host.image_size or 0, precision=0, elem_id="ce_image_size",
+                                           label="Image size for training (px; 0 = the model's own, the best; "
+                                                 "smaller is faster)")
+                    sample_steps = gr.Number(value=SAMPLE_STEPS, precision=0, elem_id="ce_sample_steps",
+                                             label="Sampling steps for training")
+                with gr.Row():
+                    report_size = gr.Number(value=host.report_size or 0, precision=0, elem_id="ce_report_size",
+                                            label="Before/after images: size (px; 0 = the model's own)")
+                    report_steps = gr.Number(value=host.report_steps, precision=0, elem_id="ce_report_steps",
+                                             label="Before/after images: sampling steps (0 = none)")
                 measure = gr.Checkbox(value=False, visible=host.toy and host.judge_path is not None,
                                       label="Score before/after with the toy world's judge (slower)",
                                       elem_id="ce_measure")
@@ -410,18 +502,23 @@ def build_blocks(host: Host, runner: EraseRunner | None = None):
                 gallery = gr.Gallery(label="Before / after (same seeds)",
                                      columns=GALLERY_CONCEPT_PROMPTS + GALLERY_OTHER_PROMPTS, elem_id="ce_gallery")
 
-        def run(method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, grid,
-                progress=gr.Progress(track_tqdm=False)):
+        def run(method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, grid, image_size,
+                sample_steps, report_size, report_steps, batch_size, progress=gr.Progress(track_tqdm=False)):
             return runner.run(method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure,
-                              progress=progress, grid=grid).as_outputs()
+                              progress=progress, grid=grid, image_size=image_size, sample_steps=sample_steps,
+                              report_size=report_size, report_steps=report_steps,
+                              batch_size=batch_size).as_outputs()
 
-        def plan(method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid):
-            return runner.plan(method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid)
+        def plan(method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid, image_size, sample_steps,
+                 batch_size):
+            return runner.plan(method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid,
+                               image_size, sample_steps, batch_size)
 
         method.change(on_method_change, inputs=method, outputs=[lr, group, rank])
-        plan_button.click(plan, inputs=[method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid],
-                          outputs=status)
-        run_button.click(run, inputs=[method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, grid],
+        plan_button.click(plan, inputs=[method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid,
+                                        image_size, sample_steps, batch_size], outputs=status)
+        run_button.click(run, inputs=[method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, grid,
+                                 image_size, sample_steps, report_size, report_steps, batch_size],
                          outputs=[status, loss, gallery, saved])
         # Not queued: it must get through while the erasure itself occupies the queue.
         cancel_button.click(runner.cancel, inputs=None, outputs=None, queue=False)

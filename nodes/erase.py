@@ -17,6 +17,7 @@ from erasure_core.methods import METHODS
 from erasure_core.methods.cg import CGConfig
 from erasure_core.methods.common import DEFAULT_TEMPLATES, prepare
 from erasure_core.methods.dt import DTConfig
+from erasure_core.progress import listen
 from erasure_core.trainable import GROUPS
 
 from .common import CATEGORY, Dataset, ErasureLora, lines, node_id, pil_to_image
@@ -87,7 +88,8 @@ def run(cls, title: str, method: str, config, model, clip, vae, image_size: int)
     config.validate()
     reporter = Reporter(node_id(cls), title, config.steps)
     # ComfyUI executes under inference_mode; autograd needs it off (inputs are cloned inside the backend).
-    with torch.inference_mode(False), torch.enable_grad():
+    # Cancel: the backend checks ComfyUI's interrupt at every UNet call, sampling included.
+    with torch.inference_mode(False), torch.enable_grad(), listen(reporter.phase):
         model_api = backend.ComfyModel(model, clip, vae, image_size=int(image_size))
         config, plan = prepare(model_api, method, config)  # before any work: refused, or fitted and said so
         if plan is not None:

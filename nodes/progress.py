@@ -34,7 +34,9 @@ def loss_curve_image(losses: list[float], size: tuple[int, int] = (320, 160)) ->
 
 
 class Reporter:
-    """The `progress(step, total, loss)` callback the core's training loop calls after each step."""
+    """The `progress(step, total, loss)` callback the core's training loop calls after each step, and
+    `phase(desc, done, total)`, the listener for the core's other phases (erasure_core.progress: the
+    original model's images and trajectories before training), so the bar moves from the start."""
 
     def __init__(self, node_id: str | None, title: str, total: int, previews: int = 20):
         self.node_id, self.title = node_id, title
@@ -46,6 +48,10 @@ class Reporter:
         server = prompt_server()
         if server is not None and self.node_id is not None:
             server.send_progress_text(message, self.node_id)
+
+    def phase(self, desc: str, done: int, total: int) -> None:
+        self.bar.update_absolute(done, total)
+        self.text(f"{self.title}: {desc} ({done}/{total})")
 
     def __call__(self, step: int, total: int, loss: float) -> None:
         self.losses.append(float(loss))

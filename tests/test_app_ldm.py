@@ -150,6 +150,15 @@ def test_clean_weights_when_a_lora_is_merged_in(ldm_unet):
     assert torch.equal(clean.get_submodule(name).weight, ldm_unet.get_submodule(name).weight)
     assert not torch.equal(live.get_submodule(name).weight, clean.get_submodule(name).weight)  # live untouched
     assert clean_unet(ldm_unet, {}) is ldm_unet  # no LoRA: no copy
+    # No weight memory: the backup itself, the live weights elsewhere, the webui's backups shared, not copied.
+    assert clean.get_submodule(name).weight.data_ptr() == module.network_weights_backup.data_ptr()
+    assert clean.get_submodule(name).network_weights_backup is module.network_weights_backup
+    other = next(n for n in weight_module_names(live) if n != name)
+    assert clean.get_submodule(other).weight.data_ptr() == live.get_submodule(other).weight.data_ptr()
+
+
+def weight_module_names(unet):
+    return [n for n, m in unet.named_modules() if isinstance(getattr(m, "weight", None), torch.Tensor)]
 
 
 def test_merge_into_checkpoint(ldm_unet, tmp_path):

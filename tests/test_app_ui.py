@@ -94,6 +94,15 @@ def test_loss_plot_is_an_image_for_any_length():
     assert len(curve.getcolors(maxcolors=100_000)) > 2  # something was drawn
 
 
+def test_loss_plot_title_is_clear_of_gradios_label_and_buttons():
+    """gradio draws its label over an image's top left (~100 px) and its buttons over the top right (~60 px)."""
+    import numpy as np
+
+    top = np.asarray(loss_plot([1.0, 0.5]).convert("L"))[:26]
+    columns = np.nonzero((top < 128).any(axis=0))[0]
+    assert len(columns) and columns.min() >= 110 and columns.max() <= 560 - 70, (columns.min(), columns.max())
+
+
 def test_blocks_build_and_method_defaults():
     gr = pytest.importorskip("gradio")
     host = Host(load_model=lambda: None, out_dir=Path("unused"))

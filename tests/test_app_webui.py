@@ -63,19 +63,72 @@ def test_lora_folder():
     assert webui.lora_folder(SimpleNamespace(), "/m") == Path("/m/Lora")
 
 
-def test_install_uses_the_webui_helpers_and_never_torch(tmp_path, monkeypatch):
+A1111_1_10_1 = {"transformers": "4.30.2", "accelerate": "0.21.0", "huggingface-hub": "0.36.2", "torch": "2.14.1+cu130",
+                "safetensors": "0.4.2", "numpy": "1.26.2", "pillow": "9.5.0"}
+
+
+def test_requirements_leave_torch_to_the_host():
+    from erasure_core import dependencies
+
+    names = [name for _, name in dependencies.requirements()]
+    assert {"diffusers", "peft", "safetensors"} <= set(names) and "torch" not in names
+
+
+@pytest.mark.parametrize("host, peft, diffusers", [
+    (A1111_1_10_1, "peft>=0.12.0,<0.14", "diffusers>=0.30.0,<0.38"),  # measured in A1111 1.10.1's environment
+    ({"transformers": "4.46.1", "accelerate": "0.21.0", "huggingface-hub": "0.26.2"}, "peft>=0.12.0,<0.14",
+     "diffusers>=0.30.0,<0.38"),
+    ({"transformers": "5.24.0", "accelerate": "1.15.0", "huggingface-hub": "2.4.0"}, "peft>=0.12.0",
+     "diffusers>=0.30.0"),
+])
+def test_ranges_that_import_with_the_hosts_packages(host, peft, diffusers):
+    from erasure_core.dependencies import choose
+
+    assert choose("peft>=0.12.0", "peft", host) == peft
+    assert choose("diffusers>=0.30.0", "diffusers", host) == diffusers
+    assert choose("safetensors>=0.4.2", "safetensors", host) == "safetensors>=0.4.2"
+
+
+def test_constraints_pin_every_installed_package():
+    from erasure_core.dependencies import constraints_text
+
+    text = constraints_text({**A1111_1_10_1, "odd": "unknown version"})
+    assert "transformers==4.30.2" in text.splitlines() and "torch==2.14.1+cu130" in text.splitlines()
+    assert "odd" not in text  # a legacy version string cannot be pinned
+
+
+def test_install_asks_only_for_what_is_missing_under_the_constraints(tmp_path, monkeypatch):
+    from erasure_core import dependencies
+
     monkeypatch.delitem(sys.modules, "launch", raising=False)
-    install = load_file_as_module(ROOT / "install.py", "ce_install_under_test")  # outside the webui: no-op
-    names = [name for _, name in install.requirements()]
-    assert names and "torch" not in names
-    reqs = tmp_path / "requirements.txt"
-    reqs.write_text("torch>=2\ndiffusers>=0.30  # comment\n\npillow\n")
-    monkeypatch.setattr(install, "REQUIREMENTS", str(reqs))
+    install = load_file_as_module(ROOT / "install.py", "ce_install_under_test")
+    install.main()  # outside the webui: nothing happens
+    monkeypatch.setattr(dependencies, "installed_versions", lambda: dict(A1111_1_10_1))
     calls = []
-    launch = SimpleNamespace(is_installed=lambda name: name == "pillow",
-                             run_pip=lambda cmd, desc: calls.append(cmd))
-    assert install.install(launch) == ["diffusers>=0.30"]
-    assert calls == ['install "diffusers>=0.30"']
+
+    def run_pip(command, desc):
+        constraints = command.split('-c "', 1)[1].split('"', 1)[0]
+        calls.append((command, Path(constraints).read_text().splitlines()))
+
+    asked = install.install(SimpleNamespace(run_pip=run_pip), dependencies)
+    assert asked == ["diffusers>=0.30.0,<0.38", "peft>=0.12.0,<0.14"]  # safetensors, numpy, ... are there
+    [(command, pins)] = calls
+    assert command.startswith("install -c ") and command.endswith('"diffusers>=0.30.0,<0.38" "peft>=0.12.0,<0.14"')
+    assert "transformers==4.30.2" in pins and "safetensors==0.4.2" in pins and "torch==2.14.1+cu130" in pins
+    monkeypatch.setattr(dependencies, "installed_versions", lambda: {**A1111_1_10_1, "diffusers": "0.31.0",
+                                                                     "peft": "0.13.2", "transformers": "4.46.1"})
+    assert install.install(SimpleNamespace(run_pip=run_pip), dependencies) == [] and len(calls) == 1  # Forge
+
+
+def test_a_package_that_does_not_import_gives_one_line_with_the_fix(monkeypatch):
+    from erasure_core import dependencies
+
+    assert dependencies.import_problem() is None  # this environment has everything
+    monkeypatch.setattr(dependencies, "NEEDED_IMPORTS", (("peft", ("NoSuchName",)),))
+    monkeypatch.setattr(dependencies, "installed_versions", lambda: dict(A1111_1_10_1))
+    line = dependencies.import_problem()
+    assert "\n" not in line and "from peft import NoSuchName" in line
+    assert 'pip install "peft>=0.12.0,<0.14"' in line and "transformers 4.30.2" in line
 
 
 def test_tab_script_is_harmless_outside_the_webui_and_registers_inside(monkeypatch):
@@ -92,19 +145,103 @@ def test_tab_script_is_harmless_outside_the_webui_and_registers_inside(monkeypat
     assert script.register() is True and registered == [script.on_ui_tabs]
 
 
-def test_tab_builds_with_a_stand_in_webui(monkeypatch, tmp_path):
-    pytest.importorskip("gradio")
+class FakeState:
+    """The parts of the webui's shared.state a job uses."""
+
+    def __init__(self):
+        self.interrupted = self.skipped = self.stopping_generation = False
+        self.job, self.textinfo, self.sampling_step, self.sampling_steps, self.calls = "", None, 0, 0, []
+
+    def begin(self, job="(unknown)"):
+        self.calls.append("begin")
+        self.job, self.interrupted, self.skipped = job, False, False
+
+    def end(self):
+        self.calls.append("end")
+        self.job = ""
+
+
+def stand_in_webui(monkeypatch, tmp_path, sd_model=None, sd_models=None):
+    """`modules` with what the tab reaches: paths, shared (state, cmd_opts), call_queue's lock, sd_models."""
+    import threading
+
     modules = types.ModuleType("modules")
     modules.paths = SimpleNamespace(data_path=str(tmp_path), models_path=str(tmp_path / "models"))
-    modules.shared = SimpleNamespace(sd_model=None, cmd_opts=SimpleNamespace(), state=SimpleNamespace(interrupted=False))
-    for name in ("paths", "shared"):
+    modules.shared = SimpleNamespace(sd_model=sd_model, cmd_opts=SimpleNamespace(), state=FakeState())
+    modules.call_queue = SimpleNamespace(queue_lock=threading.Lock())
+    modules.sd_models = sd_models or SimpleNamespace()
+    for name in ("paths", "shared", "call_queue", "sd_models"):
         monkeypatch.setitem(sys.modules, f"modules.{name}", getattr(modules, name))
     monkeypatch.setitem(sys.modules, "modules", modules)
+    return modules
+
+
+def test_tab_builds_with_a_stand_in_webui(monkeypatch, tmp_path):
+    pytest.importorskip("gradio")
+    modules = stand_in_webui(monkeypatch, tmp_path)
     script = load_file_as_module(ROOT / "scripts" / "concept_eraser_tab.py", "concept_eraser_tab_build")
     [(blocks, title, elem_id)] = script.on_ui_tabs()
     assert title == "Concept Eraser" and elem_id == "concept_eraser"
     host = blocks.ce_runner.host
     assert host.out_dir == tmp_path / "outputs" / "concept_eraser"
-    # No checkpoint loaded: the run reports it, naming the fix, instead of failing.
+    # No checkpoint loaded: the run reports it, naming the fix, instead of failing; it ran as a webui job.
     status = blocks.ce_runner.run("cg", "van gogh", "", "", 5, 1e-3, "cross_attn", 0, 0).status
     assert status.startswith("Error in model") and "checkpoint" in status
+    assert modules.shared.state.calls == ["begin", "end"]
+
+
+def test_an_erasure_is_a_webui_job(monkeypatch, tmp_path):
+    import threading
+
+    modules = stand_in_webui(monkeypatch, tmp_path)
+    state = modules.shared.state
+    with webui.webui_job() as show:
+        assert state.job == "Concept Eraser" and state.calls == ["begin"]
+        got_lock = []
+        thread = threading.Thread(target=lambda: got_lock.append(modules.call_queue.queue_lock.acquire(timeout=0.2)))
+        thread.start()
+        thread.join()
+        assert got_lock == [False]  # a txt2img (which takes the same lock) waits
+        show("sampling the 'before' images", 3, 10)
+        assert (state.textinfo, state.sampling_step, state.sampling_steps) == (
+            "Concept Eraser: sampling the 'before' images", 3, 10)
+        state.skipped = True
+        assert webui.interrupted(state)  # Skip stops an erasure too
+    assert state.calls == ["begin", "end"] and not state.skipped and not state.interrupted
+    assert modules.call_queue.queue_lock.acquire(blocking=False)
+
+
+def test_forge_loads_the_selected_checkpoint_itself(monkeypatch, tmp_path):
+    class FakeInitialModel:  # Forge's placeholder before the first generation
+        cond_stage_model = None
+
+    loaded = SimpleNamespace(forge_objects=SimpleNamespace(unet="patcher"))
+    shared = SimpleNamespace(sd_model=FakeInitialModel())
+    reloads = []
+
+    def forge_model_reload():
+        reloads.append(1)
+        shared.sd_model = loaded
+        return loaded, True
+
+    assert not webui.checkpoint_loaded(shared.sd_model)
+    webui.ensure_checkpoint_loaded(shared, SimpleNamespace(forge_model_reload=forge_model_reload))
+    webui.ensure_checkpoint_loaded(shared, SimpleNamespace(forge_model_reload=forge_model_reload))
+    assert shared.sd_model is loaded and reloads == [1]  # loaded once, the host's own way
+    a1111 = SimpleNamespace(sd_model=SimpleNamespace(model=SimpleNamespace(diffusion_model=nn.Linear(1, 1))))
+    webui.ensure_checkpoint_loaded(a1111, SimpleNamespace())  # A1111 loads its model itself: nothing to do
+
+
+def test_any_failure_shows_as_text_with_where_to_look(tmp_path):
+    from erasure_core.ui_blocks import EraseRunner, Host
+
+    logged = []
+
+    def broken():
+        raise RuntimeError("the model file vanished")
+
+    host = Host(load_model=broken, out_dir=tmp_path, log=logged.append, log_hint="the webui's console")
+    status = EraseRunner(host).run("cg", "a dog", "", "", 2, 1e-3, "cross_attn", 0, 0).status
+    assert status == ("Error: RuntimeError: the model file vanished\n"
+                      "Where to look: the full traceback is in the webui's console.")
+    assert "Traceback" in logged[0] and "the model file vanished" in logged[0]

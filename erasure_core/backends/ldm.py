@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import erasure_file
 from ..errors import ErasureInputError
+from ..layers import weight_layers
 
 
 def scheduler_config_for(alphas_cumprod: torch.Tensor) -> dict:
@@ -44,6 +45,7 @@ class LdmModel:
     decode_fn: Callable[[torch.Tensor], torch.Tensor]
     latent_shape: tuple[int, int, int] = (4, 64, 64)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    vae_factor: int = 8  # pixels per latent cell along a side (SD's VAE)
 
     def __post_init__(self):
         self.alphas_cumprod = self.alphas_cumprod.detach().float().cpu()
@@ -182,11 +184,10 @@ def to_diffusers_keys(state_dict: dict[str, torch.Tensor], unet: nn.Module) -> d
     """Rename kohya keys of ldm module paths to diffusers module paths (the project's file convention)."""
     nrb, _ = unet_layout(unet)
     rename = {}
-    for name, module in unet.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            diff = ldm_to_diffusers_name(name, nrb)
-            if diff is not None:
-                rename[erasure_file.module_key(name)] = erasure_file.module_key(diff)
+    for name, _ in weight_layers(unet):
+        diff = ldm_to_diffusers_name(name, nrb)
+        if diff is not None:
+            rename[erasure_file.module_key(name)] = erasure_file.module_key(diff)
     out = {}
     for key, tensor in state_dict.items():
         module, suffix = erasure_file.split_key(key)

@@ -15,9 +15,9 @@ The loaded model is never written to: methods train a copy.
 from __future__ import annotations
 
 import copy
-import json
+import functools
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from torch import nn
 from .. import erasure_file
 from ..naming import unique_path
 from ..errors import ErasureInputError
+from ..trainable import host_tensors
 from .ldm import LdmModel, to_diffusers_keys, unet_layout
 
 TRAINABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -115,17 +116,20 @@ def lora_backups(unet: nn.Module, sd_model=None) -> dict[str, tuple[torch.Tensor
 
 
 def clean_unet(unet: nn.Module, backups: dict) -> nn.Module:
-    """`unet` itself when no LoRA is merged in; else a copy with the clean weights put back."""
+    """`unet` itself when no LoRA is merged in; else a copy holding the clean weights: the backups themselves
+    where there are backups, the live parameters elsewhere, so it costs no weight memory (the webui keeps a
+    backup of every layer once a LoRA was used)."""
     if not backups:
         return unet
-    clean = copy.deepcopy(unet)
-    with torch.no_grad():
-        for name, (weight, bias) in backups.items():
-            module = clean.get_submodule(name)
-            module.weight.copy_(weight.to(module.weight))
-            if bias is not None and module.bias is not None:
-                module.bias.copy_(bias.to(module.bias))
-    return clean
+    memo = {id(p): p for p in unet.parameters()}
+    memo.update({id(b): b for b in unet.buffers()})
+    memo.update(host_tensors(unet))
+    for name, (weight, bias) in backups.items():
+        module = unet.get_submodule(name)
+        memo[id(module.weight)] = nn.Parameter(weight.to(module.weight), requires_grad=False)
+        if bias is not None and getattr(module, "bias", None) is not None:
+            memo[id(module.bias)] = nn.Parameter(bias.to(module.bias), requires_grad=False)
+    return copy.deepcopy(unet, memo)
 
 
 def text_function(sd_model, autocast=nullcontext):
@@ -230,6 +234,52 @@ def lora_folder(cmd_opts, models_path: str | Path) -> Path:
     return Path(getattr(cmd_opts, "lora_dir", None) or Path(models_path) / "Lora")
 
 
+def checkpoint_loaded(sd_model) -> bool:
+    """Whether `sd_model` is a loaded checkpoint, not Forge's placeholder from before the first generation."""
+    return sd_model is not None and (getattr(sd_model, "forge_objects", None) is not None
+                                     or getattr(getattr(sd_model, "model", None), "diffusion_model", None) is not None)
+
+
+def ensure_checkpoint_loaded(shared, sd_models) -> None:
+    """Load the selected checkpoint the host's own way where it loads lazily (Forge: before the first
+    generation `shared.sd_model` is a FakeInitialModel and `forge_model_reload` loads the selected one)."""
+    reload = getattr(sd_models, "forge_model_reload", None)
+    if not checkpoint_loaded(shared.sd_model) and reload is not None:
+        reload()
+
+
+def show_in_state(state, desc: str, done: int, total: int) -> None:
+    """Progress in the webui's job state, where its console, progress API and other extensions read it."""
+    state.textinfo = f"Concept Eraser: {desc}"
+    state.sampling_step, state.sampling_steps = done, total
+
+
+@contextmanager
+def webui_job(title: str = "Concept Eraser"):
+    """Run inside the webui's job queue, as its own buttons do (modules.call_queue.wrap_gradio_gpu_call):
+    under the queue lock, so no txt2img/img2img (UI or API) runs on the model meanwhile, between
+    `shared.state.begin()` and `end()`, so Interrupt/Skip and the progress API see the job. Yields the
+    progress callback `(desc, done, total)`; afterwards the flags are cleared for the next job."""
+    from modules import shared
+    from modules.call_queue import queue_lock
+
+    with queue_lock:
+        shared.state.begin(job=title)
+        shared.state.job_count = 1
+        try:
+            yield functools.partial(show_in_state, shared.state)
+        finally:
+            shared.state.end()
+            shared.state.skipped = shared.state.interrupted = False
+            if hasattr(shared.state, "stopping_generation"):
+                shared.state.stopping_generation = False
+
+
+def interrupted(state) -> bool:
+    """The webui's Interrupt or Skip (both stop an erasure: it has no next image to skip to)."""
+    return bool(getattr(state, "interrupted", False) or getattr(state, "skipped", False))
+
+
 class WebuiSession:
     """Holds the model of the current run, so that saving can name its layers. Inside the webui only."""
 
@@ -237,12 +287,13 @@ class WebuiSession:
         self.model: LdmModel | None = None
 
     def load_model(self) -> LdmModel:
-        from modules import shared
+        from modules import sd_models, shared
 
         try:  # the webui's autocast matches its fp16/bf16 setup
             from modules.devices import autocast
         except ImportError:
             autocast = nullcontext
+        ensure_checkpoint_loaded(shared, sd_models)
         forge_unet = getattr(getattr(shared.sd_model, "forge_objects", None), "unet", None)
         if forge_unet is not None:  # Forge 2 keeps models off the GPU until asked
             try:
@@ -254,22 +305,18 @@ class WebuiSession:
         self.model = model_from_webui(shared.sd_model, shared.cmd_opts, autocast)
         return self.model
 
-    def publish(self, job) -> Path:
+    def save(self, result) -> Path:
+        """Write the erasure into the webui's Lora folder (its only copy) and return the path."""
         from modules import paths, shared
 
         info = getattr(shared.sd_model, "sd_checkpoint_info", None)
         name = getattr(info, "name_for_extra", None) or getattr(info, "name", None)
-        path = save_to_lora_dir(job.result, self.model.unet, lora_folder(shared.cmd_opts, paths.models_path), name,
+        return save_to_lora_dir(result, self.model.unet, lora_folder(shared.cmd_opts, paths.models_path), name,
                                 sd1_fingerprint())
-        try:
-            (job.report_path.parent / "lora_file.json").write_text(json.dumps({"lora": str(path)}))
-        except (AttributeError, OSError):
-            pass
-        return path
 
 
 def webui_host():
-    """The UI's Host inside the webui: its loaded model, its Lora folder, its Interrupt state."""
+    """The UI's Host inside the webui: its loaded model, its Lora folder, its job queue and Interrupt state."""
     from modules import paths, shared
 
     from ..ui_blocks import Host
@@ -277,7 +324,9 @@ def webui_host():
     session = WebuiSession()
     intro = ("Erase a concept from the **currently loaded** Stable Diffusion 1.x checkpoint. The result is saved "
              "into your Lora folder; use it like any LoRA, e.g. `<lora:erase_van-gogh_cg:1>`. The checkpoint file "
-             "itself is never changed.")
+             "itself is never changed. The webui's Interrupt and Skip stop an erasure, as Cancel does; while it "
+             "runs, generations wait for it.")
     return Host(load_model=session.load_model, out_dir=Path(paths.data_path) / "outputs" / "concept_eraser",
-                publish=session.publish, should_cancel=lambda: bool(getattr(shared.state, "interrupted", False)),
-                title="Concept Eraser", intro=intro)
+                save=session.save, should_cancel=lambda: interrupted(shared.state), title="Concept Eraser",
+                intro=intro, job=webui_job, image_size=512, report_size=256, report_steps=10,
+                log=lambda message: print(message, flush=True), log_hint="the console the webui runs in")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .. import checks
 from ..errors import ErasureInputError
 from ..model import DiffusionModel
+from ..progress import report
 from ..sampling import sample_images
 from ..scrambled_grid import scramble_grid
 from ..trainable import make_trainable
@@ -113,7 +114,8 @@ def frozen_images(model: DiffusionModel, prompts: list[str], per_prompt: int, se
     """The frozen model's own images of `prompts` (`per_prompt` seeds each) and their prompt list."""
     expanded = [p for p in prompts for _ in range(per_prompt)]
     seeds = [seed + i for i in range(len(expanded))]
-    images = sample_images(model, expanded, seeds, steps=config.sample_steps, guidance=config.guidance)
+    images = sample_images(model, expanded, seeds, steps=config.sample_steps, guidance=config.guidance,
+                           desc="the original model's images of the concept")
     return images, expanded
 
 
@@ -122,8 +124,10 @@ def scrambled_latents(model: DiffusionModel, images: torch.Tensor, grid: int, pe
                       generator: torch.Generator, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """`per_image` scrambles of every image (each its own permutation), VAE-encoded; and each one's image index."""
     index = torch.arange(len(images)).repeat(per_image)
-    latents = [model.encode_images(scramble_grid(images[index[s:s + batch]], grid, generator))
-               for s in range(0, len(index), batch)]
+    latents = []
+    for s in range(0, len(index), batch):
+        latents.append(model.encode_images(scramble_grid(images[index[s:s + batch]], grid, generator)))
+        report("scrambling and encoding the concept's images", min(s + batch, len(index)), len(index))
     return torch.cat(latents), index
 
 

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 
 from ..model import DiffusionModel
+from ..progress import report
 from ..sampling import sample_latents
 
 
@@ -30,35 +31,38 @@ class TrajectoryCache:
 
 @torch.no_grad()
 def sample_trajectories(model: DiffusionModel, prompts: list[str], per_prompt: int, seed: int, steps: int,
-                        guidance: float) -> TrajectoryCache:
+                        guidance: float, desc: str = "the original model's trajectories of the concept prompts",
+                        batch: int = 32) -> TrajectoryCache:
     """Every intermediate x_t of `per_prompt` DDIM trajectories of the frozen model per prompt."""
     expanded = [p for p in prompts for _ in range(per_prompt)]
     index = torch.tensor([i for i in range(len(prompts)) for _ in range(per_prompt)])
-    xs, ts, idx = [], [], []
+    chunk_starts = iter(range(0, len(expanded), batch))  # sample_latents draws `batch` prompts at a time
+    xs, ts, idx, start = [], [], [], 0
 
     def keep(step: int, t: torch.Tensor, x: torch.Tensor) -> None:  # called at every DDIM step
+        nonlocal start
+        if step == 0:
+            start = next(chunk_starts)
         xs.append(x.detach().clone())
         ts.append(torch.full((len(x),), int(t)))
+        idx.append(index[start:start + len(x)])
 
-    batch = 32
-    for start in range(0, len(expanded), batch):
-        chunk = expanded[start:start + batch]
-        before = len(xs)
-        sample_latents(model, chunk, [seed + start + i for i in range(len(chunk))], steps=steps, guidance=guidance,
-                       trajectory_hook=keep)
-        idx.extend([index[start:start + len(chunk)]] * (len(xs) - before))
+    sample_latents(model, expanded, [seed + i for i in range(len(expanded))], steps=steps, guidance=guidance,
+                   batch_size=batch, trajectory_hook=keep, desc=desc)
     return TrajectoryCache(torch.cat(xs), torch.cat(ts), torch.cat(idx))
 
 
 @torch.no_grad()
 def frozen_predictions(model: DiffusionModel, cache: TrajectoryCache, contexts: torch.Tensor,
-                       batch: int = 64) -> torch.Tensor:
+                       batch: int = 64, desc: str = "the original model's predictions on its trajectories"
+                       ) -> torch.Tensor:
     """eps*(x_t, t, c) at every cached point, with c = contexts[prompt_index] (one row per prompt)."""
     out = []
     for s in range(0, len(cache), batch):
         x = cache.x_t[s:s + batch]
         ctx = contexts[cache.prompt_index[s:s + batch].to(contexts.device)]
         out.append(model.predict_noise(model.unet, x, cache.t[s:s + batch].to(x.device), ctx).float())
+        report(desc, min(s + batch, len(cache)), len(cache))
     return torch.cat(out)
 
 
@@ -89,6 +93,8 @@ class PreservePool:
 
 def preserve_pool(model: DiffusionModel, prompts: list[str], per_prompt: int, seed: int, steps: int,
                   guidance: float) -> PreservePool:
-    points = sample_trajectories(model, prompts, per_prompt, seed, steps, guidance)
+    points = sample_trajectories(model, prompts, per_prompt, seed, steps, guidance,
+                                 desc="the original model's trajectories of the preserve prompts")
     context = model.encode_text(prompts)
-    return PreservePool(points, context, frozen_predictions(model, points, context))
+    return PreservePool(points, context, frozen_predictions(
+        model, points, context, desc="the original model's predictions for the preserve prompts"))
