@@ -245,3 +245,43 @@ def test_any_failure_shows_as_text_with_where_to_look(tmp_path):
     assert status == ("Error: RuntimeError: the model file vanished\n"
                       "Where to look: the full traceback is in the webui's console.")
     assert "Traceback" in logged[0] and "the model file vanished" in logged[0]
+
+
+class InPlaceBlock(nn.Module):
+    """Adds to its activations in place after a LayerNorm saved them, as Forge's transformer blocks do."""
+
+    def __init__(self, in_place: bool):
+        super().__init__()
+        self.in_place, self.norm, self.proj = in_place, nn.LayerNorm(4), nn.Linear(4, 4)
+
+    def forward(self, x, timesteps=None, context=None):
+        h = x.permute(0, 2, 3, 1) * 1.0
+        n = self.proj(self.norm(h))
+        if self.in_place:
+            h += n
+            h += self.norm(h)
+        else:
+            h = h + n
+            h = h + self.norm(h)
+        return h.permute(0, 3, 1, 2)
+
+
+def test_a_unet_adding_in_place_trains_with_the_gradients_of_one_that_does_not():
+    from erasure_core.backends.ldm import LdmModel
+
+    torch.manual_seed(0)
+    weights, grads = InPlaceBlock(False).state_dict(), {}
+    for in_place, flag in ((False, False), (True, True), (True, False)):
+        unet = InPlaceBlock(in_place)
+        unet.load_state_dict(weights)
+        model = LdmModel(unet=unet, alphas_cumprod=torch.linspace(0.99, 0.01, 10), text_fn=None, encode_fn=None,
+                         decode_fn=None, inplace_activations=flag)
+        x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1))
+        loss = model.predict_noise(unet, x, torch.tensor(3), torch.zeros(2, 1, 4)).square().mean()
+        if in_place and not flag:
+            with pytest.raises(RuntimeError, match="inplace operation"):
+                loss.backward()
+            continue
+        loss.backward()
+        grads[in_place] = unet.proj.weight.grad
+    assert torch.allclose(grads[False], grads[True])

@@ -9,6 +9,7 @@ writes, so a file made in the webui applies in the CLI and ComfyUI alike.
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,6 +31,14 @@ def scheduler_config_for(alphas_cumprod: torch.Tensor) -> dict:
             "timestep_spacing": "leading"}
 
 
+def saved_activation_copies():
+    """Autograd keeps a copy of each activation it saves for the backward pass (weights as they are), so a UNet
+    may go on adding to an activation in place after a layer saved it; the gradients are those of the same
+    UNet written without in-place additions (tests/test_app_webui.py)."""
+    return torch.autograd.graph.saved_tensors_hooks(lambda t: t if isinstance(t, nn.Parameter) else t.clone(),
+                                                    lambda t: t)
+
+
 @dataclass
 class LdmModel:
     """`erasure_core.model.DiffusionModel` over an ldm UNet plus host-supplied text and VAE functions.
@@ -46,6 +55,9 @@ class LdmModel:
     latent_shape: tuple[int, int, int] = (4, 64, 64)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     vae_factor: int = 8  # pixels per latent cell along a side (SD's VAE)
+    # The UNet adds to its activations in place (Forge's transformer blocks: `x += n`), which autograd refuses
+    # for activations it saved: while training, saved activations are then kept as copies.
+    inplace_activations: bool = False
 
     def __post_init__(self):
         self.alphas_cumprod = self.alphas_cumprod.detach().float().cpu()
@@ -63,8 +75,10 @@ class LdmModel:
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(latents.shape[0])
         dtype = next(unet.parameters()).dtype if not torch.is_autocast_enabled() else latents.dtype
-        out = unet(latents.to(self.device, dtype), timesteps=timesteps.to(self.device),
-                   context=text_embeddings.to(self.device, dtype))
+        copies = saved_activation_copies() if self.inplace_activations and torch.is_grad_enabled() else nullcontext()
+        with copies:
+            out = unet(latents.to(self.device, dtype), timesteps=timesteps.to(self.device),
+                       context=text_embeddings.to(self.device, dtype))
         return out.float()
 
     @torch.no_grad()

@@ -170,7 +170,7 @@ def model_from_webui(sd_model, cmd_opts=None, autocast=nullcontext, image_size: 
     in_channels = int(getattr(unet, "in_channels", 4))
     return LdmModel(unet=unet, alphas_cumprod=find_alphas(sd_model), text_fn=text_function(sd_model, autocast),
                     encode_fn=encode, decode_fn=decode, latent_shape=(in_channels, image_size // 8, image_size // 8),
-                    device=device)
+                    device=device, inplace_activations=getattr(sd_model, "forge_objects", None) is not None)
 
 
 # -- saving ---------------------------------------------------------------------------------------
