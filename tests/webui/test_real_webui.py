@@ -125,7 +125,7 @@ def watch(page, webui, until: float, on_job=None) -> tuple[str, set[str], float,
     raise AssertionError(f"the erasure did not finish in time; seen: {sorted(seen)[-10:]}")
 
 
-def test_erase_in_the_tab_then_use_the_lora(webui, tmp_path):
+def test_erase_in_the_tab_then_use_the_lora(webui):
     from safetensors import safe_open
     from playwright.sync_api import sync_playwright
 
