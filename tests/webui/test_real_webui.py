@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -164,6 +165,7 @@ def test_erase_in_the_tab_then_use_the_lora(webui):
 
     # One file, in models/Lora, with the keys and metadata the webui's Lora list reads.
     assert saved.parent == lora_dir and saved.suffix == ".safetensors", saved
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o644, "readable by the user's other programs, as the webui's files"
     assert [f.name for f in lora_dir.iterdir()] == [saved.name]
     assert not list((webui.folder / "outputs").rglob("*.safetensors")), "the erasure is stored once"
     with safe_open(str(saved), "pt") as f:
