@@ -47,7 +47,8 @@ def webui(request, tmp_path_factory):
         shutil.rmtree(folder / generated, ignore_errors=True)
     install_extension(folder)
     checkpoint = folder / "models" / "Stable-diffusion" / "random-sd15.safetensors"
-    if not checkpoint.exists():
+    if not checkpoint.exists():  # the webui makes its models folders at its first start
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, COMFYUI_DIR=os.environ.get("COMFYUI_DIR", str(REPO / ".comfyui")))
         subprocess.run([sys.executable, str(Path(__file__).parent / "sd15_checkpoint.py"), str(checkpoint)],
                        check=True, env=env, cwd=REPO)
