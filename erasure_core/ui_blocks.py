@@ -401,6 +401,7 @@ class EraseRunner:
             "report steps", report_steps, 0, "use e.g. 10, or 0 for no before/after images"),
             image_size=size_or_default("report image size", report_size, host.report_size))
         report.concept_prompts, report.other_prompts = split_prompts(*gallery_prompts(config, host.toy))
+        progress((0, 1), desc="waiting for the running job to finish")  # the webui's queue: a generation may run
         with host.job() as host_progress:
             def show(desc: str, done: int, total: int, text: str | None = None) -> None:
                 if self._should_cancel():
