@@ -400,13 +400,14 @@ class EraseRunner:
         report = ReportSettings(steps=host.report_steps if report_steps in (None, "") else whole_number(
             "report steps", report_steps, 0, "use e.g. 10, or 0 for no before/after images"),
             image_size=size_or_default("report image size", report_size, host.report_size))
-        report.concept_prompts, report.other_prompts = split_prompts(*gallery_prompts(config, host.toy))
+        prompts, with_concept = gallery_prompts(config, host.toy)
+        report.concept_prompts, report.other_prompts = prompts[:with_concept], prompts[with_concept:]
         progress((0, 1), desc="waiting for the running job to finish")  # the webui's queue: a generation may run
         with host.job() as host_progress:
-            def show(desc: str, done: int, total: int, text: str | None = None) -> None:
+            def show(desc: str, done: int, total: int) -> None:
                 if self._should_cancel():
                     raise ErasureCancelled(f"cancelled while {desc}; nothing was changed or written")
-                progress((done, total), desc=text or f"{desc}: {done}/{total}")
+                progress((done, total), desc=f"{desc}: {done}/{total}")
                 if host_progress is not None:
                     host_progress(desc, done, total)
 
@@ -429,10 +430,6 @@ class EraseRunner:
                                   report_settings=report, save=host.save)
         return RunOutcome(summary(job.report, job.erasure_path), loss_plot(job.result.losses),
                           report_gallery(job.images), str(job.erasure_path), job)
-
-
-def split_prompts(prompts: list[str], with_concept: int) -> tuple[list[str], list[str]]:
-    return prompts[:with_concept], prompts[with_concept:]
 
 
 def on_method_change(method: str):

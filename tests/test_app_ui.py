@@ -34,6 +34,7 @@ def test_defaults_match_the_core():
     from erasure_core.trainable import GROUPS
 
     assert tuple(ui_blocks.GROUPS) == tuple(GROUPS)
+    assert ui_blocks.SAMPLE_STEPS == {f.name: f.default for f in dataclasses.fields(METHODS["cg"][0])}["sample_steps"]
     assert set(ui_blocks.METHOD_DEFAULTS) == set(METHODS)
     for name, (config_cls, _) in METHODS.items():
         fields = {f.name: f.default for f in dataclasses.fields(config_cls)}
