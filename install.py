@@ -41,7 +41,11 @@ def main() -> None:
     sys.path.insert(0, ROOT)
     from erasure_core import dependencies
 
-    install(launch, dependencies)
+    try:
+        install(launch, dependencies)
+    except Exception as exc:  # pip failed (no network, no release fits the webui's packages): say so, in one line
+        print(f"Concept Eraser: installing its requirements failed ({str(exc).strip().splitlines()[0]}). Fix: see "
+              f"pip's message above; nothing the webui has was changed.", flush=True)
     problem = dependencies.import_problem()
     if problem:
         print(problem, flush=True)

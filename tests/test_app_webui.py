@@ -120,6 +120,22 @@ def test_install_asks_only_for_what_is_missing_under_the_constraints(tmp_path, m
     assert install.install(SimpleNamespace(run_pip=run_pip), dependencies) == [] and len(calls) == 1  # Forge
 
 
+def test_a_pip_failure_is_one_line_and_the_webui_starts_on(monkeypatch, capsys):
+    from erasure_core import dependencies
+
+    install = load_file_as_module(ROOT / "install.py", "ce_install_failing_pip")
+
+    def run_pip(command, desc):  # what the webui's launch.run_pip raises when pip fails
+        raise RuntimeError("Couldn't install Concept Eraser requirements.\nCommand: ...\nError code: 1")
+
+    monkeypatch.setitem(sys.modules, "launch", SimpleNamespace(run_pip=run_pip))
+    monkeypatch.setattr(dependencies, "installed_versions", lambda: dict(A1111_1_10_1))
+    monkeypatch.setattr(dependencies, "import_problem", lambda: None)
+    install.main()
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.startswith("Concept Eraser: installing its requirements failed (Couldn't install") and "Fix:" in line
+
+
 def test_a_package_that_does_not_import_gives_one_line_with_the_fix(monkeypatch):
     from erasure_core import dependencies
 
