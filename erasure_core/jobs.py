@@ -119,7 +119,6 @@ def run_erasure(model, method: str, config: EraseConfig, out_dir: str | Path | N
     config, plan = prepare(model, method, config)  # the memory plan: refused or fitted before any work
     if plan is not None:
         log(plan.describe())
-        report_progress(plan.summary(), 0, 1)
     with memory_advice("drawing and judging the before/after images", getattr(model.device, "type", "cpu")):
         return _run(model, method, erase, config, out_dir, erasure_path, judge, progress, should_cancel, log, plan,
                     control, report_settings or ReportSettings(), save)

@@ -390,6 +390,7 @@ class EraseRunner:
     def _run(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, progress, grid,
              image_size, sample_steps, report_size, report_steps, batch_size):
         from .jobs import ReportSettings, run_erasure
+        from .methods.common import prepare
         from .progress import listen
         from .sampling import at_image_size, latent_shape_for
 
@@ -420,6 +421,9 @@ class EraseRunner:
                 show("loading the model", 0, 1)
                 model = at_image_size(host.load_model(), image_size)
                 latent_shape_for(model, report.image_size, "report image size")  # a bad size fails now, not after
+                config, plan = prepare(model, method, config)  # the memory plan: refused, or fitted, before any work
+                if plan is not None:
+                    progress(0.0, desc=plan.summary())
                 judge = None
                 if measure and host.toy and host.judge_path is not None:
                     from .toyworld.judge import load_judge
