@@ -28,7 +28,7 @@ def write_sd15(path: Path, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
     from checkpoints import clip_l_shapes, meta_shapes, random_like
-    from comfy_tiny import unet_config_for
+    from erasure_core.backends.comfy_toyworld import unet_config_for
     from erasure_core.backends.webui import SD1_DIFFUSERS_CONFIG
 
     unet_config = dict(unet_config_for(dict(SD1_DIFFUSERS_CONFIG)), num_heads=8)
