@@ -95,12 +95,13 @@ def shared_copy(unet: nn.Module, trained: list[str]) -> nn.Module:
 
 
 def make_trainable(unet: nn.Module, group: str, rank: int | None = None,
-                   checkpointing: bool = False) -> tuple[nn.Module, list[nn.Parameter]]:
+                   checkpointing: bool = False, seed: int = 0) -> tuple[nn.Module, list[nn.Parameter]]:
     """A trainable deep copy of `unet` and its trainable parameters (fp32 masters).
 
     rank=None trains the chosen weights themselves (a full delta); rank=r adds LoRA adapters
     of rank r (peft) to the chosen modules and trains only those. `checkpointing` trades
-    speed for memory on the copy only; the original UNet is never changed.
+    speed for memory on the copy only; the original UNet is never changed. `seed` draws the LoRA's
+    initial weights (the same seed, the same erasure), leaving the caller's random state as it was.
     """
     names = [n for n, _ in select_modules(unet, group)]
     tuned = shared_copy(unet, names if rank is None else [])
@@ -122,7 +123,10 @@ def make_trainable(unet: nn.Module, group: str, rank: int | None = None,
     for name in names:
         use_torch_layer(tuned, name)
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=names, init_lora_weights=True)
-    tuned = inject_adapter_in_model(config, tuned)
+    device = next(tuned.parameters()).device
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        tuned = inject_adapter_in_model(config, tuned)
     params = [p for n, p in tuned.named_parameters() if "lora_" in n]
     for p in params:
         p.data = p.data.float()

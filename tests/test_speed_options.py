@@ -61,6 +61,15 @@ def test_checkpointing_gives_the_same_erasure(toy_model):
     assert checkpointed.tuned_unet.is_gradient_checkpointing and not toy_model.unet.is_gradient_checkpointing
 
 
+def test_a_lora_erasure_depends_on_its_seed_not_on_the_global_random_state(toy_model):
+    torch.manual_seed(1)
+    first = _quick_dt(toy_model, rank=8)
+    torch.manual_seed(2)
+    second = _quick_dt(toy_model, rank=8)
+    assert first.losses == second.losses
+    assert _quick_dt(toy_model, rank=8, seed=1).losses != first.losses
+
+
 def test_bf16_on_cpu_trains(toy_model):
     result = _quick_dt(toy_model, precision="bf16")
     assert all(loss == loss and loss > 0 for loss in result.losses)

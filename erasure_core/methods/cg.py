@@ -107,7 +107,8 @@ def erase_cg(model: DiffusionModel, config: CGConfig, progress: ProgressFn | Non
         keep = preserve_pool(model, list(config.preserve_prompts), 1, config.seed + 100_000,
                              config.sample_steps, config.guidance)
 
-    tuned, params = make_trainable(model.unet, config.group, config.rank, checkpointing_for(config, model.device))
+    tuned, params = make_trainable(model.unet, config.group, config.rank, checkpointing_for(config, model.device),
+                                   config.seed)
     tuned.train()
 
     def loss_fn(step: int, b: int) -> torch.Tensor:

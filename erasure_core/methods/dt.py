@@ -156,7 +156,8 @@ def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | Non
         keep = preserve_pool(model, preserve, config.preserve_images_per_prompt, config.seed + 100_000,
                              config.sample_steps, config.guidance)
 
-    tuned, params = make_trainable(model.unet, config.group, config.rank, checkpointing_for(config, model.device))
+    tuned, params = make_trainable(model.unet, config.group, config.rank, checkpointing_for(config, model.device),
+                                   config.seed)
     tuned.train()
 
     def loss_fn(step: int, b: int) -> torch.Tensor:

@@ -63,7 +63,8 @@ def erase_esd(model: DiffusionModel, config: ESDConfig, progress: ProgressFn | N
     target = eps_uncond - config.eta * (eps_concept - eps_uncond)
     del eps_concept, eps_uncond  # training keeps the targets only (what the memory plan counts)
 
-    tuned, params = make_trainable(model.unet, config.group, config.rank, checkpointing_for(config, model.device))
+    tuned, params = make_trainable(model.unet, config.group, config.rank, checkpointing_for(config, model.device),
+                                   config.seed)
     tuned.train()
 
     def loss_fn(step: int, rows: int) -> torch.Tensor:
