@@ -50,7 +50,7 @@ def test_kohya_keys_and_metadata(toy_model, tmp_path):
     assert all("_attn2_to_" in k for k in keys)  # cross-attention only
     assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
     assert meta["ss_base_model_version"] == "sd_v1"
-    full = _quick_dt(toy_model, group="cross_attn_kv").save(tmp_path / "f.safetensors")
+    full = _quick_dt(toy_model, rank=None, group="cross_attn_kv").save(tmp_path / "f.safetensors")
     with safe_open(str(full), "pt") as f:
         assert all(k.endswith(".diff") for k in f.keys()) and any("attn2_to_v" in k for k in f.keys())
 
