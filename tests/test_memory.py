@@ -180,6 +180,32 @@ def test_every_default_fits_an_8_gb_gpu_on_sd15_without_changing_what_is_trained
     assert (fitted.rank, fitted.group) == (config.rank, config.group)
 
 
+XL_CARD = 12 * GiB
+
+
+@pytest.fixture(scope="module")
+def sdxl_shapes():
+    return memory.ShapeOnlyModel.sdxl()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_default_fits_a_12_gb_gpu_on_sdxl_keeping_the_group(method, sdxl_shapes):
+    """SDXL base at 1024 px, fp16 weights (VAE fp32): the default of every method plans within a 12 GB card, fitted
+    by memory="auto" with checkpointing, micro-batches and, where the default trains full weights, a LoRA of rank 8
+    on the same group (said in the plan)."""
+    model = sdxl_shapes
+    config = METHODS[method][0](concepts=["a dog"], preserve_prompts=["a cat", "a horse", "a car", "a tree"])
+    config.validate()
+    assert config.memory == "auto"
+    resident = sum(memory.module_bytes(m) for m in (model.unet, model.text_encoder, model.text_encoder_2, model.vae))
+    plan = memory.plan_memory(model, method, config, available=XL_CARD - CUDA_RUNTIME - resident)
+    fitted, plan = memory.fit(model, method, config, plan)
+    assert plan.total + CUDA_RUNTIME <= XL_CARD, plan.describe()
+    assert all(c.startswith(("gradient checkpointing", "micro-batches", "LoRA rank 8")) for c in plan.changes), \
+        plan.changes
+    assert fitted.group == config.group and fitted.rank in (config.rank, 8)
+
+
 def test_check_refuses_before_any_work_naming_changes_that_fit(toy_model, monkeypatch, no_sampling_anywhere):
     from erasure_core.methods.cg import erase_cg
 
