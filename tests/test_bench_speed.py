@@ -37,4 +37,3 @@ def test_paired_run_trains_a_copy_and_times_every_pair_after_the_first():
     assert low <= row["speedup_steps"] <= high
     after = model.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "the plain loop trained the method's own UNet"
-
