@@ -54,7 +54,9 @@ def test_cli_erases_from_an_sdxl_folder(tmp_path, capsys, toy_xl_dir):
 
     model = str(toy_xl_dir)
     code = main(["erase", "--method", "cg", "--concept", "circle", "--alternative", "square", "--model", model,
-                 "--steps", "5", "--rank", "4", "--lr", "1e-3", "--out", str(tmp_path)])
+                 "--steps", "5", "--rank", "4", "--lr", "1e-3", "--out", str(tmp_path),
+                 # one concept prompt and one other prompt: the before/after comparison draws two images, not 16
+                 "--template", "a red solid {}", "--preserve", "a blue striped square"])
     assert code == 0
     tensors, meta = load_erasure(tmp_path / "erase_circle_cg.safetensors")
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
