@@ -1,12 +1,14 @@
 """One command, one table: every method on the toy world, same prompts, seeds and judge.
 
-    python bench/quality.py [--out DIR] [--tasks object,style]
+    python bench/quality.py [--out DIR] [--tasks object,style] [--xl]
 
 Writes DIR/quality.json (one record per task and row) and DIR/quality.md (default DIR:
 bench/results). Rows: the original model, the negative prompt at sampling time, ESD, DT,
 classifier guidance without and with an alternative; then the same rows again with the toy
 world's ControlNet driving the original and each erased UNet (the same prompts and seeds, each
 with its control image), plus "original, empty prompt": what the control alone draws.
+With --xl: the same tasks, methods and settings on the XL (SDXL-architecture) toy world, into
+DIR/quality_xl.{json,md}, without the ControlNet rows (the toy world's ControlNet is an SD1 one).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from erasure_core.jobs import write_json  # noqa: E402
 from erasure_core.methods import METHODS  # noqa: E402
 from erasure_core.model import load_diffusers_model  # noqa: E402
 from erasure_core.controlnet import load_controlnet  # noqa: E402
-from erasure_core.toyworld import CONTROLNET_DIR, JUDGE_PATH, MODEL_DIR  # noqa: E402
+from erasure_core.toyworld import CONTROLNET_DIR, JUDGE_PATH, MODEL_DIR, XL_MODEL_DIR  # noqa: E402
 from erasure_core.toyworld import control as toy_control  # noqa: E402
 from erasure_core.toyworld import evaluate as toy_eval  # noqa: E402
 from erasure_core.toyworld.judge import load_judge  # noqa: E402
@@ -138,23 +140,28 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--tasks", default="object,style")
+    parser.add_argument("--xl", action="store_true", help="the XL toy world (SDXL architecture)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    model, judge = load_diffusers_model(MODEL_DIR), load_judge(JUDGE_PATH)
-    controlnet = functools.lru_cache(maxsize=1)(lambda: shipped_controlnet(print))
+    model, judge = load_diffusers_model(XL_MODEL_DIR if args.xl else MODEL_DIR), load_judge(JUDGE_PATH)
+    name, world, command = ("quality_xl", "the XL toy world (SDXL architecture)", "python bench/quality.py --xl") \
+        if args.xl else ("quality", "the toy world", "python bench/quality.py")
+    # the toy world's ControlNet is an SD1 one: the XL table has no rows under control
+    controlnet = None if args.xl else functools.lru_cache(maxsize=1)(lambda: shipped_controlnet(print))
     started = time.time()
     records = [r for task in args.tasks.split(",") for r in run_task(model, judge, task, print, controlnet)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "quality.json", {"records": records, "command": "python bench/quality.py",
+    write_json(out / f"{name}.json", {"records": records, "command": command,
                                       "device": f"cpu {platform.machine()}, {torch.get_num_threads()} threads",
                                       "seconds": round(time.time() - started, 1)})
-    header = (f"Measured by `python bench/quality.py` on the toy world ({platform.machine()} CPU, "
+    header = (f"Measured by `{command}` on {world} ({platform.machine()} CPU, "
               f"{torch.get_num_threads()} threads, {time.time() - started:.0f} s in all). Judge: the toy world's "
-              "classifier; eval sampler DDIM 25 steps, CFG 1.5. Rows \"under ControlNet\": the same prompts and "
-              "seeds, each with its control image, through the toy world's ControlNet (strength 1) on both guidance "
-              "branches; divergence there is against the original under the same control.")
-    (out / "quality.md").write_text(markdown(records, header))
+              "classifier; eval sampler DDIM 25 steps, CFG 1.5."
+              + ("" if args.xl else " Rows \"under ControlNet\": the same prompts and seeds, each with its control "
+                 "image, through the toy world's ControlNet (strength 1) on both guidance branches; divergence "
+                 "there is against the original under the same control."))
+    (out / f"{name}.md").write_text(markdown(records, header))
     print(markdown(records, header))
     return 0
 

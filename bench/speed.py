@@ -1,6 +1,6 @@
 """One command, one table: each method's training step against a plain diffusers training loop.
 
-    python bench/speed.py [--out DIR] [--quick] [--compile]
+    python bench/speed.py [--out DIR] [--quick] [--compile] [--worlds toy,sd15,sdxl]
 
 Writes DIR/speed.json and DIR/speed.md (default DIR: bench/results). Every row runs in its own
 subprocess, so its peak memory (CUDA peak allocated on a GPU, peak RSS on CPU) is its own. The
@@ -12,6 +12,11 @@ Worlds:
 - sd15: a full-size SD1.5-shaped model with RANDOM weights (nothing is downloaded): the SD1.5
         UNet and VAE configs, a stub text encoder returning random (N, 77, 768) contexts. 256 px
         on CPU for a few steps; 512 px on a GPU when there is one.
+- sdxl: a full-size SDXL-shaped UNet (SDXL base's config, 2.6B parameters) with RANDOM weights
+        stored in bf16 (fp32 would not fit a 6 GB process), LoRA rank 4 on cross_attn, bf16 autocast,
+        128 px = 16x16 latents on CPU, stub text encoders (random SDXL-shaped context, pooled
+        embedding, size ids) and a stub VAE; DT with gradient checkpointing too. What a 24 GB GPU
+        needs at 1024 px is the memory plan's (erasure_core/memory.py), checked on these rows.
 The plain loop is the one in diffusers' examples/text_to_image/train_text_to_image.py
 (add_noise, unet(...).sample, F.mse_loss, AdamW with default settings, backward, clip, step,
 zero_grad) on the same model, batch, precision and trainable weights.
@@ -30,11 +35,15 @@ import time
 import zlib
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import torch
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
+
+from erasure_core.backends.webui import SDXL_DIFFUSERS_CONFIG  # noqa: E402
 
 # What one step of each loop does: (UNet rows trained, forward+backward, per batch element; in words).
 STEP_WORK = {
@@ -48,6 +57,8 @@ SD15_UNET = dict(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=
                  layers_per_block=2, attention_head_dim=8,
                  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+SDXL_UNET = {k: v for k, v in SDXL_DIFFUSERS_CONFIG.items() if k != "sample_size"}  # SDXL base
+SDXL_LORA_RANK = 4
 SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                 up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2,
                 scaling_factor=0.18215)
@@ -98,7 +109,61 @@ def sd15_model(device: str, pixels: int, weights: Path | None = None):
                            scheduler_config=scheduler, device=torch.device(device), source="random SD1.5-shaped")
 
 
+def random_sdxl_unet(pixels: int, dtype=torch.bfloat16):
+    """SDXL base's UNet with random weights made directly in `dtype` (no fp32 copy ever exists): each tensor from
+    its own seeded generator, so every row trains the very same model. Norm scales 1, biases 0, matrices
+    N(0, 1/fan_in)."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(sample_size=pixels // 8, **SDXL_UNET).to(dtype)
+    unet = unet.to_empty(device="cpu")  # allocated in `dtype`: no fp32 copy
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if p.ndim <= 1:
+                p.fill_(1.0 if name.endswith("weight") and "norm" in name else 0.0)
+            else:
+                gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+                p.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
+    return unet
+
+
+def sdxl_model(device: str, pixels: int):
+    """An SDXL-shaped DiffusersXLModel: random bf16 UNet, stub text encoders and VAE (speed and memory only)."""
+    from erasure_core.conditioning import Conditioning, zero_empty_prompts
+    from erasure_core.model import DiffusersXLModel
+    from erasure_core.toyworld import MODEL_DIR
+
+    class RandomXLModel(DiffusersXLModel):
+        def encode_text(self, prompts):  # SDXL's shapes: (77, 2048) context, 1280 pooled, 6 size numbers
+            gens = [torch.Generator().manual_seed(zlib.crc32(p.encode())) for p in prompts]
+            cond = Conditioning(context=torch.stack([torch.randn(77, 2048, generator=g) for g in gens]),
+                                pooled=torch.stack([torch.randn(1280, generator=g) for g in gens]),
+                                time_ids=torch.tensor([[pixels, pixels, 0, 0, pixels, pixels]] * len(prompts),
+                                                      dtype=torch.float32))
+            return zero_empty_prompts(cond, prompts, keep=("time_ids",)).to(self.device)
+
+        def encode_images(self, images):  # a stub VAE: 8x down-scaling to 4 channels
+            return torch.nn.functional.avg_pool2d(images.to(self.device) * 2 - 1, 8).repeat(1, 2, 1, 1)[:, :4]
+
+        def decode_latents(self, latents):
+            return torch.nn.functional.interpolate(latents[:, :3], scale_factor=8).clamp(0, 1)
+
+        @property
+        def image_size(self):
+            return pixels
+
+    scheduler = json.loads((MODEL_DIR / "scheduler" / "scheduler_config.json").read_text())  # SDXL's schedule too
+    vae = torch.nn.Module()  # stands in for the VAE: the stub encodes and decodes
+    vae.config = SimpleNamespace(scaling_factor=0.13025, block_out_channels=(128, 256, 512, 512))
+    return RandomXLModel(unet=random_sdxl_unet(pixels).to(device), vae=vae, text_encoder=torch.nn.Identity(),
+                         tokenizer=None, text_encoder_2=torch.nn.Identity(), scheduler_config=scheduler,
+                         device=torch.device(device), source="random SDXL-shaped")
+
+
 def build_model(world: str, device: str, pixels: int, weights: str | None = None):
+    if world == "sdxl":
+        return sdxl_model(device, pixels)
     if world == "toy":
         from erasure_core.model import load_diffusers_model
         from erasure_core.toyworld import MODEL_DIR
@@ -116,14 +181,24 @@ class PlainDiffusersLoop:
     method on that group; everything else is the example's code with its default settings.
     """
 
-    def __init__(self, model, unet, group: str, batch: int, precision: str):
+    def __init__(self, model, unet, group: str, batch: int, precision: str, rank: int | None = None):
         from diffusers import DDPMScheduler
 
         from erasure_core.trainable import select_modules
 
         self.model, self.unet, self.batch, self.precision = model, unet, batch, precision
         unet.requires_grad_(False)
-        self.params = [p for _, m in select_modules(unet, group) for p in m.parameters(recurse=False)]
+        if rank:  # diffusers' LoRA examples: peft adapters (here on the same modules as the method's)
+            from peft import LoraConfig, inject_adapter_in_model
+
+            names = [n for n, _ in select_modules(unet, group)]
+            self.unet = unet = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=names,
+                                                                  init_lora_weights="gaussian"), unet)
+            self.params = [p for n, p in unet.named_parameters() if "lora_" in n]
+            for p in self.params:
+                p.data = p.data.float()
+        else:
+            self.params = [p for _, m in select_modules(unet, group) for p in m.parameters(recurse=False)]
         for p in self.params:
             p.requires_grad_(True)
         unet.train()
@@ -141,13 +216,13 @@ class PlainDiffusersLoop:
 
         device = self.model.device
         pick = torch.randint(len(self.latents_pool), (self.batch,), generator=self.gen).to(device)
-        latents, encoder_hidden_states = self.latents_pool[pick], self.context_pool[pick]
+        latents, conditioning = self.latents_pool[pick], self.context_pool[pick]
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (self.batch,),
                                   device=device).long()
         noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
         with autocast_for(device, self.precision):
-            model_pred = self.unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+            model_pred = self.unet(noisy_latents, timesteps, **self.model.unet_inputs(conditioning), return_dict=False)[0]
         loss = F.mse_loss(model_pred.float(), noise.float(), reduction="mean")
         self.train_loss += loss.item()
         loss.backward()
@@ -165,7 +240,7 @@ def method_options(world: str, method: str, latent_side: int, batch: int, steps:
         if short_setup:  # option rows time the step only: sample less before training
             options.update(templates={"circle": options["templates"]["circle"][:3]}, sample_steps=5)
         return options
-    # Full size: one prompt and one DDIM step of sampling before training (the step is what is timed).
+    # Full size (SD1.5, SDXL): one prompt and one DDIM step of sampling before training (the step is what is timed).
     options = dict(concepts=["a cat"], templates=["{}"], preserve_prompts=["a dog"], sample_steps=1, steps=steps,
                    batch_size=batch)
     if method in ("cg", "esd"):
@@ -268,8 +343,9 @@ def measure(spec: dict) -> dict:
     started = time.perf_counter()
     memory = {}
     if spec["loop"] == "plain":
-        loop = PlainDiffusersLoop(model, model.unet, spec["group"], spec["batch"],
-                                  spec.get("options", {}).get("precision", "auto"))
+        options = spec.get("options", {})
+        loop = PlainDiffusersLoop(model, model.unet, spec["group"], spec["batch"], options.get("precision", "auto"),
+                                  options.get("rank"))
         for _ in range(spec["steps"]):
             loop.step()
             on_step()
@@ -278,6 +354,7 @@ def measure(spec: dict) -> dict:
     total = time.perf_counter() - started
     step_times = [b - a for a, b in zip(stamps, stamps[1:])]  # the first step (warm-up) is left out
     return {"step_s": statistics.median(step_times), "steps_timed": len(step_times),
+            "unet_weight_bytes": sum(p.numel() * p.element_size() for p in model.unet.parameters()),
             "step_s_min_max": [min(step_times), max(step_times)], "total_s": total,
             "first_step_at_s": stamps[0] - started, "peak_bytes": peak_memory(device),
             "attention": sorted({type(p).__name__ for p in model.unet.attn_processors.values()}),
@@ -295,8 +372,9 @@ def measure_paired(model, spec: dict) -> dict:
 
     device = spec["device"]
     precision = spec.get("options", {}).get("precision", "auto")
-    names = [n for n, _ in select_modules(model.unet, spec["group"])]
-    plain = PlainDiffusersLoop(model, shared_copy(model.unet, names), spec["group"], spec["batch"], precision)
+    rank = spec.get("options", {}).get("rank")
+    names = [] if rank else [n for n, _ in select_modules(model.unet, spec["group"])]  # LoRA: everything shared
+    plain = PlainDiffusersLoop(model, shared_copy(model.unet, names), spec["group"], spec["batch"], precision, rank)
     marks = []  # (method step ended, plain step ended)
 
     def now() -> float:
@@ -336,6 +414,20 @@ def run_row(spec: dict, log) -> dict:
 # -- what is run ----------------------------------------------------------------------------------
 
 TOY_GROUPS = {"esd": "no_cross_attn", "cg": "cross_attn", "dt": "all"}  # bench/quality.py's object task
+
+
+def sdxl_specs(device: str, quick: bool) -> list[dict]:
+    """SDXL-shaped rows: LoRA rank 4 on cross_attn in bf16 (what fits in a 6 GB CPU process). Each loop in its own
+    process (DT also with gradient checkpointing: the plan against the measured peak both ways), then each method
+    paired with the plain loop."""
+    options = {"rank": SDXL_LORA_RANK, "precision": "bf16", "checkpointing": False}
+    common = dict(world="sdxl", device=device, pixels=128 if device == "cpu" else 1024, group="cross_attn", batch=1,
+                  short_setup=True, options=options)
+    steps = 3 if quick else 5
+    specs = [dict(common, loop=loop, steps=steps) for loop in ("plain", "esd", "cg", "dt")]
+    specs.append(dict(common, loop="dt", steps=steps, option="checkpointing", options=dict(options, checkpointing=True)))
+    specs += [dict(common, loop=loop, steps=steps + 1, paired=True) for loop in ("esd", "cg", "dt")]
+    return specs
 
 
 def main_specs(device: str, quick: bool) -> list[dict]:
@@ -413,14 +505,15 @@ def memory_specs(device: str) -> list[dict]:
             for name, loop, options in rows]
 
 
-def gpu_plans(card_gib: float = 8.0) -> list[dict]:
-    """Each method's default on Stable Diffusion 1.5 at 512 px (fp16 weights, as hosts keep them on a GPU): its
-    plan as it is, and as fitted ("memory: auto") to a card of `card_gib`. Shapes only: nothing is run."""
+def gpu_plans(card_gib: float = 8.0, model=None) -> list[dict]:
+    """Each method's default on Stable Diffusion 1.5 at 512 px (or `model`, a ShapeOnlyModel; fp16 weights, as
+    hosts keep them on a GPU): its plan as it is, and as fitted ("memory: auto") to a card of `card_gib`. Shapes
+    only: nothing is run."""
     from erasure_core.memory import GiB, ShapeOnlyModel, fit, module_bytes, plan_memory
     from erasure_core.methods import METHODS
 
-    model = ShapeOnlyModel.sd15()
-    loaded = sum(module_bytes(m) for m in (model.unet, model.text_encoder, model.vae))
+    model = model or ShapeOnlyModel.sd15()
+    loaded = sum(module_bytes(m) for m in (model.unet, model.text_encoder, model.text_encoder_2, model.vae))
     free = int(card_gib * GiB) - GiB // 2 - loaded  # the CUDA context and the host's buffers: ~0.5 GiB
     rows = []
     for name, (config_cls, _) in METHODS.items():
@@ -488,7 +581,9 @@ def gib(n: float) -> str:
 def main_table(rows: list[dict], world: str, device: str = "cpu") -> list[str]:
     lines = ["| loop | group | batch | step (ms) | steps/s | trained rows/s | paired step (ms): method / plain "
              "| ÷ plain (steps/s) | ÷ plain (rows/s) | peak mem (GiB) | finished erasure (s) |", "|" + "---|" * 11]
-    for r in (r for r in rows if r["world"] == world and r["device"] == device and not r.get("paired")):
+    shown = [r for r in rows if r["world"] == world and r["device"] == device and not r.get("paired")
+             and not r.get("option")]
+    for r in shown:
         if "error" in r:
             lines.append(f"| {r['loop']} | {r['group']} | {r['batch']} | error: {r['error']} |" + " |" * 7)
             continue
@@ -534,12 +629,42 @@ def memory_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def gpu_plan_table(rows: list[dict]) -> list[str]:
-    lines = ["| method | default settings | plan as is (GiB) | fitted to an 8 GB card (GiB) | changed to fit |",
+def gpu_plan_table(rows: list[dict], card_gib: float = 8.0) -> list[str]:
+    lines = [f"| method | default settings | plan as is (GiB) | fitted to a {card_gib:g} GB card (GiB) | changed to fit |",
              "|" + "---|" * 5]
     for r in rows:
         lines.append(f"| {r['method']} | {r['settings']} | {gib(r['plan_bytes'])} | {gib(r['fitted_bytes'])} "
                      f"| {', '.join(r['changes']) or 'nothing'} |")
+
+
+def sdxl_section(rows: list[dict], plans: list[dict]) -> list[str]:
+    sdxl = [r for r in rows if r["world"] == "sdxl"]
+    pixels = sdxl[0]["pixels"]
+    lines = [f"### Full-size SDXL-shaped UNet on CPU (bf16 weights, LoRA rank {SDXL_LORA_RANK} on cross_attn, "
+             f"{pixels} px = {pixels // 8}x{pixels // 8} latents, random weights)", "",
+             "UNet2DConditionModel with SDXL base's config (320/640/1280, transformer depth 1/2/10, cross-attention "
+             "2048, text_time embedding; 2.6B parameters), random weights stored in **bf16** (in fp32 it alone would "
+             "take 10 GB). Text encoders and VAE are **stubs** (random SDXL-shaped context, pooled embedding and "
+             "size ids; an 8x average-pool VAE): fine for timing and memory, meaningless for erasing. Every loop "
+             f"trains the same LoRA rank {SDXL_LORA_RANK} on the cross_attn group in bf16 autocast; the plain loop "
+             "is diffusers' LoRA example loop (peft adapters) on the same modules. This CPU has no native bf16, "
+             "so the step times are slow in absolute terms; the ratios are what carry over.", ""]
+    lines += main_table(rows, "sdxl") + [""]
+    measured = [dict(r, option="checkpointing" if r.get("options", {}).get("checkpointing") else "shipped")
+                for r in sdxl if "training_peak_bytes" in r and not r.get("paired")]
+    if measured:
+        lines += ["The memory plan (erasure_core/memory.py) of these SDXL rows against their measured training peak "
+                  "(the rise of resident memory over the training phase):", ""]
+        lines += memory_table(measured) + [""]
+    if plans:
+        lines += ["#### What an SDXL erasure needs on a 24 GB GPU (plan, 1024 px)", "",
+                  "The memory plan of each method on SDXL base at 1024 px (128x128 latents) with its weights in fp16 "
+                  "(the CUDA default), as it is and as `memory: auto` fits it to a 24 GB card (0.5 GiB for CUDA's "
+                  "context taken off). **A plan, not a measurement**: no GPU was available; its activation count is "
+                  "the meta-device count times the peak factor measured on the CPU (the table above checks it on "
+                  "SDXL's shapes), so CUDA's allocator may differ.", ""]
+        lines += gpu_plan_table(plans, 24.0) + [""]
+    return lines
     return lines
 
 
@@ -577,6 +702,8 @@ def markdown(report: dict) -> str:
                   "one DDIM step and (DT) one given concept image, so only the step times mean anything; the "
                   "finished-erasure column projects the default 200 steps from the step time.", ""]
         lines += main_table(rows, "sd15") + [""]
+    if any(r["world"] == "sdxl" for r in rows):
+        lines += sdxl_section(rows, report.get("sdxl_gpu_plans", []))
     lines += ["### Full-size SD1.5-shaped UNet on GPU (512 px, bf16 autocast, fp32 masters)", "",
               report["gpu_note"], ""]
     if any(r["device"] == "cuda" for r in rows):
@@ -624,6 +751,7 @@ def main(argv=None) -> int:
     parser.add_argument("--render", action="store_true", help="only rewrite OUT/speed.md from OUT/speed.json")
     parser.add_argument("--memory", action="store_true", help="only the memory rows (plan against measured peak) "
                         "and the GPU plans, merged into OUT/speed.json")
+    parser.add_argument("--worlds", default="toy,sd15,sdxl", help="which worlds to run (comma-separated)")
     args = parser.parse_args(argv)
     if args.row:
         print("ROW " + json.dumps(measure(json.loads(args.row))), flush=True)
@@ -651,7 +779,10 @@ def main(argv=None) -> int:
         write_json(out / "speed.json", report)
         print(write_markdown(out / "speed.md", report))
         return 0
-    specs, option = main_specs(device, args.quick), option_specs(device, args.quick, args.compile)
+    worlds = set(args.worlds.split(","))
+    specs = [s for s in main_specs(device, args.quick) if s["world"] in worlds]
+    specs += sdxl_specs(device, args.quick) if "sdxl" in worlds else []
+    option = [s for s in option_specs(device, args.quick, args.compile) if s["world"] in worlds]
     with tempfile.TemporaryDirectory(prefix="speed_sd15_") as weights:
         if any(s["world"] == "sd15" for s in specs + option):
             save_random_sd15(Path(weights))
@@ -663,6 +794,10 @@ def main(argv=None) -> int:
                 "batch 4, each method on its own default group.")
     report = {"command": command, "device": device_info(device), "seconds": time.time() - started,
               "gpu_note": gpu_note, "rows": rows, "option_rows": option_rows, "gpu_plans": gpu_plans()}
+    if "sdxl" in worlds:
+        from erasure_core.memory import ShapeOnlyModel
+
+        report["sdxl_gpu_plans"] = gpu_plans(24.0, ShapeOnlyModel.sdxl())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from erasure_core.jobs import write_json

@@ -26,10 +26,10 @@ def _load_model(path: str | None, config: str | None, device: str, dtype: str = 
     import torch
 
     from .model import load_diffusers_model
-    from .toyworld import MODEL_DIR
+    from .toyworld import MODEL_DIR, XL_MODEL_DIR
 
     model_path = Path(path) if path else MODEL_DIR
-    is_toy = model_path.resolve() == MODEL_DIR.resolve()
+    is_toy = model_path.resolve() in (MODEL_DIR.resolve(), XL_MODEL_DIR.resolve())  # both are judged by the judge
     weights = getattr(torch, DTYPES[dtype]) if DTYPES[dtype] else None
     return load_diffusers_model(model_path, device=device, config=config, dtype=weights), is_toy
 
@@ -189,14 +189,16 @@ def cmd_toy_eval(args) -> int:
     from .toyworld.evaluate import EVAL_GUIDANCE, EVAL_STEPS, generation_accuracy, sample_grid
     from .toyworld.judge import heldout_accuracy
 
-    model, _ = _load_model(None, None, "cpu")
+    from .toyworld import XL_MODEL_DIR
+
+    model, _ = _load_model(str(XL_MODEL_DIR) if args.xl else None, None, "cpu")
     judge = _toy_judge()
     judge_acc = heldout_accuracy(judge)
     gen = generation_accuracy(model, judge, seeds_per_scene=args.seeds_per_scene)
     images, scenes = gen.pop("images"), gen.pop("scenes")
     del gen["prompts"]
     table = {"judge_acc": min(judge_acc.values()), "judge_acc_by_head": judge_acc, **gen,
-             "sampler": f"DDIM {EVAL_STEPS} steps, CFG {EVAL_GUIDANCE}"}
+             "sampler": f"DDIM {EVAL_STEPS} steps, CFG {EVAL_GUIDANCE}", "model": "xl" if args.xl else "sd1"}
     print(f"{'judge accuracy (held-out, worst head)':40s} {table['judge_acc']:.3f}  {judge_acc}")
     for key in ("gen_shape_acc", "gen_color_acc", "gen_style_acc"):
         print(f"{key:40s} {table[key]:.3f}")
@@ -232,11 +234,25 @@ def cmd_toy_eval_controlnet(args) -> int:
 
 
 def cmd_toy_train(args) -> int:
-    from .toyworld import ASSETS
-    from .toyworld.build import build
+    from .toyworld import ASSETS, XL_ASSETS
 
-    info = build(Path(args.out) if args.out else ASSETS, vae_steps=args.vae_steps, diffusion_steps=args.steps,
-                 judge_steps=args.judge_steps, schedule_steps=args.schedule_steps, log=lambda m: print(m, flush=True))
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the build is deterministic for one machine and thread count
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    checkpoints = Path(args.checkpoints) if args.checkpoints else None
+    if args.xl:
+        from .toyworld.build_xl import build_xl
+
+        info = build_xl(Path(args.out) if args.out else XL_ASSETS, diffusion_steps=args.steps,
+                        schedule_steps=args.schedule_steps, checkpoint_dir=checkpoints, log=log)
+    else:
+        from .toyworld.build import build
+
+        info = build(Path(args.out) if args.out else ASSETS, vae_steps=args.vae_steps, diffusion_steps=args.steps,
+                     judge_steps=args.judge_steps, schedule_steps=args.schedule_steps, checkpoint_dir=checkpoints,
+                     log=log)
     print(json.dumps(info, indent=2))
     return 0
 
@@ -279,7 +295,8 @@ def main(argv=None) -> int:
     erase.add_argument("--method", choices=["dt", "cg", "esd"], required=True)
     erase.add_argument("--concept", action="append", required=True, help="concept to erase (repeat for several)")
     erase.add_argument("--alternative", action="append", help="what each concept turns into (repeatable)")
-    erase.add_argument("--model", help="diffusers folder or single-file .safetensors (default: the toy world)")
+    erase.add_argument("--model", help="SD1.x or SDXL diffusers folder, or single-file .safetensors with --config "
+                       "(default: the toy world; the XL toy world, where built: erasure_core/toyworld/assets/xl/model)")
     erase.add_argument("--config", help="local diffusers folder describing a single-file checkpoint")
     erase.add_argument("--out", default="erase_out")
     erase.add_argument("--steps", type=int)
@@ -329,6 +346,7 @@ def main(argv=None) -> int:
     ev = sub.add_parser("toyworld-eval", help="judge and generation accuracy of the toy world")
     ev.add_argument("--out", required=True, help="JSON file to write (a PNG of samples is written beside it)")
     ev.add_argument("--seeds-per-scene", type=int, default=4)
+    ev.add_argument("--xl", action="store_true", help="the SDXL-architecture toy (assets/xl/model)")
     ev.set_defaults(fn=cmd_toy_eval)
 
     evc = sub.add_parser("toyworld-eval-controlnet", help="how well the toy world's ControlNet follows its control")
@@ -337,12 +355,17 @@ def main(argv=None) -> int:
     evc.add_argument("--controlnet", help="a ControlNet folder (default: the shipped one)")
     evc.set_defaults(fn=cmd_toy_eval_controlnet)
 
-    tr = sub.add_parser("toyworld-train", help="rebuild the toy world from scratch (deterministic)")
+    tr = sub.add_parser("toyworld-train", help="rebuild the toy world from scratch (deterministic for one machine "
+                        "and thread count)")
     tr.add_argument("--out", help="folder (default: the shipped assets folder)")
     tr.add_argument("--steps", type=int, default=7000)
     tr.add_argument("--vae-steps", type=int, default=600)
     tr.add_argument("--judge-steps", type=int, default=1200)
     tr.add_argument("--schedule-steps", type=int, help="learning-rate horizon if longer than --steps")
+    tr.add_argument("--xl", action="store_true", help="the SDXL-architecture toy (its UNet and two text encoders, "
+                    "on the SD1 toy's VAE; default folder assets/xl)")
+    tr.add_argument("--threads", type=int, help="CPU threads (default: torch's); build_info.json records them")
+    tr.add_argument("--checkpoints", help="folder for a diffusers checkpoint of the EMA weights every 1000 steps")
     tr.set_defaults(fn=cmd_toy_train)
 
     cn = sub.add_parser("toyworld-train-controlnet", help="rebuild the toy world's ControlNet (deterministic)")

@@ -15,11 +15,14 @@ from .errors import ErasureError
 
 def toy_world_paths(model_path: Path) -> tuple[bool, Path | None]:
     """Is this a toy-world model folder, and where is its judge? (a build's model/ beside judge.safetensors)"""
-    from .toyworld import MODEL_DIR
+    from .toyworld import JUDGE_PATH, MODEL_DIR, XL_MODEL_DIR
 
     path = Path(model_path).resolve()
-    toy = path == MODEL_DIR.resolve() or (path.name == "model" and (path.parent / "build_info.json").exists())
+    toy = path in (MODEL_DIR.resolve(), XL_MODEL_DIR.resolve()) or (
+        path.name == "model" and (path.parent / "build_info.json").exists())
     judge = path.parent / "judge.safetensors"
+    if not judge.exists():
+        judge = JUDGE_PATH  # the XL toy world is judged by the toy world's judge
     return toy, (judge if toy and judge.exists() else None)
 
 

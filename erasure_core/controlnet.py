@@ -29,6 +29,18 @@ def prepare_hint(images: torch.Tensor, latent_size: tuple[int, int]) -> torch.Te
     return F.interpolate(images.float(), size=(h * HINT_SCALE, w * HINT_SCALE), mode=HINT_RESIZE)
 
 
+def check_controlnet_fits(model, controlnet: nn.Module) -> None:
+    """Refuse a ControlNet made for another model family (e.g. the toy world's SD1 one on an SDXL model)."""
+    unet_width, control_width = model.unet.config.cross_attention_dim, controlnet.config.cross_attention_dim
+    unet_sdxl, control_sdxl = (getattr(m.config, "addition_embed_type", None) == "text_time"
+                               for m in (model.unet, controlnet))
+    if unet_width != control_width or unet_sdxl != control_sdxl:
+        raise ErasureInputError("controlnet", f"was made for another model family (text width {control_width}, "
+                                f"{'SDXL' if control_sdxl else 'SD1.x/2.x'}-type) than the model's UNet (text width "
+                                f"{unet_width}, {'SDXL' if unet_sdxl else 'SD1.x/2.x'}-type)",
+                                "use a ControlNet made for this model's family")
+
+
 class ControlledUNet(nn.Module):
     """A UNet with a ControlNet's residuals added, called like the UNet: (sample, t, encoder_hidden_states).
 

@@ -22,6 +22,7 @@ from torch import nn
 from . import checks
 from .errors import ErasureInputError
 from .layers import weight_layers
+from .layouts import FAMILIES, family_of, file_layer_name
 from .safe_files import atomic_path, check_safetensors
 
 PREFIX = "lora_unet_"
@@ -38,10 +39,13 @@ def layers(unet: nn.Module):
 
 
 def unet_fingerprint(unet: nn.Module) -> str:
-    """A short hash of the UNet's linear/conv layer names and shapes: equal for one architecture."""
+    """A short hash of the UNet's Linear/Conv2d names (as erasure files name them) and shapes: equal for one
+    architecture. SDXL's names are sorted, so its diffusers and ldm layouts give the same hash."""
+    rename = file_layer_name(unet)
+    entries = [f"{rename(name)}:{tuple(module.weight.shape)};" for name, module in layers(unet)]
     h = hashlib.sha256()
-    for name, module in layers(unet):
-        h.update(f"{name}:{tuple(module.weight.shape)};".encode())
+    for entry in sorted(entries) if family_of(unet) == "sdxl" else entries:
+        h.update(entry.encode())
     return h.hexdigest()[:16]
 
 
@@ -73,12 +77,13 @@ def to_state_dict(lora_layers=(), weight_deltas=None) -> dict[str, torch.Tensor]
     return sd
 
 
-def build_metadata(unet: nn.Module, info: dict, architecture: str = "stable-diffusion-v1") -> dict[str, str]:
-    """Metadata strings: what the webui/ComfyUI list files by, plus what made the file."""
+def build_metadata(unet: nn.Module, info: dict) -> dict[str, str]:
+    """Metadata strings: what the webui/ComfyUI list files by (the UNet's family), plus what made the file."""
+    architecture, base_version = FAMILIES[family_of(unet)]
     meta = {
         "modelspec.architecture": f"{architecture}/lora",
         "modelspec.title": str(info.get("name", "concept erasure")),
-        "ss_base_model_version": "sd_v1" if architecture == "stable-diffusion-v1" else architecture,
+        "ss_base_model_version": base_version,
         "ss_output_name": str(info.get("name", "concept_erasure")),
         "ss_network_module": "networks.lora",
         "concept_eraser.unet_fingerprint": unet_fingerprint(unet),
@@ -120,8 +125,9 @@ LayerShapes = dict[str, tuple[tuple[int, ...], tuple[int, ...] | None]]  # modul
 
 
 def layer_shapes(unet: nn.Module) -> LayerShapes:
-    """{kohya module key: (weight shape, bias shape or None)} of every layer of `unet`."""
-    return {module_key(name): (tuple(m.weight.shape), None if m.bias is None else tuple(m.bias.shape))
+    """{kohya module key (the family's file names, layouts.py): (weight shape, bias shape or None)} of every layer."""
+    rename = file_layer_name(unet)
+    return {module_key(rename(name)): (tuple(m.weight.shape), None if m.bias is None else tuple(m.bias.shape))
             for name, m in layers(unet)}
 
 
@@ -188,7 +194,8 @@ def check_erasure(state_dict: dict[str, torch.Tensor], shapes: LayerShapes) -> d
 
 def module_deltas(state_dict: dict[str, torch.Tensor], unet: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """Resolve kohya keys to this UNet's modules: {module name: (weight delta, bias delta or None)}."""
-    names = {module_key(name): name for name, _ in layers(unet)}
+    rename = file_layer_name(unet)
+    names = {module_key(rename(name)): name for name, _ in layers(unet)}
     shapes = layer_shapes(unet)
     deltas = {}
     for key, parts in check_erasure(state_dict, shapes).items():

@@ -116,6 +116,10 @@ def run_erasure(model, method: str, config: EraseConfig, out_dir: str | Path | N
             erasure_path = output_path(out_dir, config, method, model)
         else:
             checks.output_folder(out_dir)
+    if control is not None:
+        from .controlnet import check_controlnet_fits
+
+        check_controlnet_fits(model, control.controlnet)
     config, plan = prepare(model, method, config)  # the memory plan: refused or fitted before any work
     if plan is not None:
         log(plan.describe())

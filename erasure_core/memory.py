@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .conditioning import Conditioning
 from .errors import ErasureInputError
 from .trainable import select_modules
 
@@ -163,9 +164,15 @@ def meta_structure(unet: nn.Module, trained: set[str], dtype: torch.dtype) -> nn
 
 
 def call_unet(unet: nn.Module, x, t, context):
-    """The UNet's own calling convention: diffusers (`encoder_hidden_states`) or ldm (`context`)."""
+    """The UNet's own calling convention: diffusers (`encoder_hidden_states`) or ldm (`context`). An SDXL-type
+    diffusers UNet also gets its pooled text embedding and size ids (shapes from its config)."""
     params = inspect.signature(unet.forward).parameters
     if "encoder_hidden_states" in params:
+        config = getattr(unet, "config", None)
+        if getattr(config, "addition_embed_type", None) == "text_time":
+            pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+            added = {"text_embeds": x.new_empty((len(x), pooled)), "time_ids": x.new_empty((len(x), 6))}
+            return unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added)
         return unet(x, t, encoder_hidden_states=context)
     return unet(x, timesteps=t, context=context)
 
@@ -282,9 +289,10 @@ def plan_memory(model, method: str, config, available: int | None | bool = True)
     trained = {name for name, _ in select_modules(layout, config.group)}
     n_trained = trained_numel(unet, config.group, config.rank)
     latent_bytes = math.prod(model.latent_shape) * 4
-    context_shape = tuple(model.encode_text([""]).shape[1:])
+    text = model.encode_text([""])
+    context_shape = tuple((text["context"] if isinstance(text, Conditioning) else text).shape[1:])
     image_bytes = 3 * getattr(model, "image_size", model.latent_shape[1] * 8) ** 2 * 4
-    others = [getattr(model, m, None) for m in ("text_encoder", "vae")]  # where this process holds them
+    others = [getattr(model, m, None) for m in ("text_encoder", "text_encoder_2", "vae")]  # where this process holds them
     resident = module_bytes(unet) + sum(module_bytes(m) for m in others if isinstance(m, nn.Module))
     rows = config.training_rows()
     parts = {
@@ -381,6 +389,7 @@ class ShapeOnlyModel:
     latent_shape: tuple[int, int, int]
     context_shape: tuple[int, int]
     device: torch.device
+    text_encoder_2: nn.Module | None = None  # SDXL's second text encoder
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         return torch.empty((len(prompts), *self.context_shape), device="meta")
@@ -404,3 +413,24 @@ class ShapeOnlyModel:
         side = image_size // 8
         return cls(unet, text, vae, (4, side, side), (77, 768), torch.device(device))
 
+    @classmethod
+    def sdxl(cls, image_size: int = 1024, device: str = "cuda", dtype: torch.dtype = torch.float16) -> "ShapeOnlyModel":
+        """SDXL base: its UNet (2.6 B), CLIP ViT-L (123 M) and OpenCLIP bigG (695 M) text encoders and its VAE
+        (84 M, kept in fp32 as diffusers keeps SDXL's)."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+        from .backends.webui import SDXL_DIFFUSERS_CONFIG
+
+        with torch.device("meta"):
+            unet = nn.Module.to(UNet2DConditionModel(**SDXL_DIFFUSERS_CONFIG), dtype)
+            text = nn.Module.to(CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
+                                                             num_hidden_layers=12, num_attention_heads=12,
+                                                             max_position_embeddings=77)), dtype)
+            text_2 = nn.Module.to(CLIPTextModelWithProjection(CLIPTextConfig(
+                hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                max_position_embeddings=77, projection_dim=1280, hidden_act="gelu")), dtype)
+            vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
+                                down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+        side = image_size // 8
+        return cls(unet, text, vae, (4, side, side), (77, 2048), torch.device(device), text_2)

@@ -3,6 +3,12 @@
 A method needs only: noise prediction eps(x_t, t, c) from a UNet, the noise schedule, text
 encoding, and image <-> latent conversion. Hosts (ComfyUI, the webui) provide the same
 interface over their own model objects, so the methods never see a host.
+
+Text encoding returns one tensor for SD1.x/SD2.x and a `Conditioning` (conditioning.py) for SDXL;
+the methods treat both alike. `predict_noise` always returns epsilon (v-prediction models are
+converted), which is what the methods' losses are written in; `predict` returns the UNet's own
+prediction type, which the sampler uses with the model's own scheduler config: with a
+zero-terminal-SNR schedule epsilon cannot give x0 at the last timestep, v can.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from .conditioning import Conditioning, zero_empty_prompts
 from .errors import ErasureInputError
 
 
@@ -27,17 +34,40 @@ class DiffusionModel(Protocol):
     device: torch.device
 
     def predict_noise(self, unet: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor,
-                      text_embeddings: torch.Tensor) -> torch.Tensor: ...
+                      text_embeddings: torch.Tensor | Conditioning) -> torch.Tensor: ...
 
-    def encode_text(self, prompts: list[str]) -> torch.Tensor: ...
+    def predict(self, unet: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor,
+                text_embeddings: torch.Tensor | Conditioning) -> torch.Tensor: ...  # scheduler_config's prediction type
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor | Conditioning: ...
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor: ...
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor: ...
 
 
+def epsilon_from(output: torch.Tensor, latents: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
+                 v_prediction: bool) -> torch.Tensor:
+    """The UNet's output as epsilon: a v-prediction v gives eps = sqrt(ᾱ) v + sqrt(1 - ᾱ) x_t."""
+    if not v_prediction:
+        return output
+    a = alphas_cumprod.to(output.device)[timesteps.long().to(output.device)].view(-1, 1, 1, 1).to(output.dtype)
+    return a.sqrt() * output + (1 - a).sqrt() * latents.to(output)
+
+
+class EpsilonFromPrediction:
+    """`predict_noise` for a backend that defines `predict` (its UNet's own output), `alphas_cumprod` and
+    `v_prediction`."""
+
+    def predict_noise(self, unet, latents, timesteps, text_embeddings):
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(latents.shape[0])
+        out = self.predict(unet, latents, timesteps, text_embeddings)
+        return epsilon_from(out, latents, timesteps, self.alphas_cumprod, self.v_prediction)
+
+
 @dataclass
-class DiffusersModel:
+class DiffusersModel(EpsilonFromPrediction):
     """A Stable Diffusion 1.x-type model held as diffusers modules (UNet, VAE, CLIP text encoder).
 
     `unet` is the frozen original; methods train a copy (see `erasure_core.trainable`) and pass
@@ -56,7 +86,8 @@ class DiffusersModel:
         from diffusers import DDPMScheduler
 
         self.alphas_cumprod = DDPMScheduler.from_config(self.scheduler_config).alphas_cumprod.float().cpu()
-        for module in (self.unet, self.vae, self.text_encoder):
+        self.v_prediction = self.scheduler_config.get("prediction_type", "epsilon") == "v_prediction"
+        for module in self.modules():
             module.requires_grad_(False).eval()
         size = self.unet.config.sample_size
         self.latent_shape = (self.unet.config.in_channels, size, size)
@@ -71,16 +102,21 @@ class DiffusersModel:
     def image_size(self) -> int:
         return self.latent_shape[1] * self.vae_factor
 
-    def predict_noise(self, unet, latents, timesteps, text_embeddings):
+    def modules(self) -> list[nn.Module]:
+        return [self.unet, self.vae, self.text_encoder]
+
+    def predict(self, unet, latents, timesteps, text_embeddings):
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(latents.shape[0])
-        weights = self.unet.dtype
-        if weights != torch.float32 and not torch.is_autocast_enabled(self.device.type):
+        if self.unet.dtype != torch.float32 and not torch.is_autocast_enabled(self.device.type):
             # 16-bit frozen weights (fp32 masters only for what is trained): always run under autocast, so the
             # 16-bit and the trained fp32 layers meet in one compute dtype
-            with torch.autocast(self.device.type, dtype=weights):
-                return unet(latents, timesteps, encoder_hidden_states=text_embeddings).sample.float()
-        return unet(latents, timesteps, encoder_hidden_states=text_embeddings).sample
+            with torch.autocast(self.device.type, dtype=self.unet.dtype):
+                return unet(latents, timesteps, **self.unet_inputs(text_embeddings)).sample.float()
+        return unet(latents, timesteps, **self.unet_inputs(text_embeddings)).sample
+
+    def unet_inputs(self, text_embeddings) -> dict:
+        return {"encoder_hidden_states": text_embeddings}
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
@@ -108,32 +144,124 @@ class DiffusersModel:
 
     def save_pretrained(self, folder: Path) -> Path:
         """Write a complete diffusers folder (e.g. a merged checkpoint after an erasure), atomically."""
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
-
         from .safe_files import atomic_folder
 
-        pipe = StableDiffusionPipeline(
+        with atomic_folder(Path(folder)) as tmp:
+            self.pipeline().save_pretrained(tmp, safe_serialization=True)
+        return Path(folder)
+
+    def pipeline(self):
+        """The diffusers pipeline of these components (shares them; the scheduler samples what the UNet predicts)."""
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        return StableDiffusionPipeline(
             vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
             scheduler=DDIMScheduler.from_config(self.scheduler_config), safety_checker=None,
             feature_extractor=None, requires_safety_checker=False,
         )
-        with atomic_folder(Path(folder)) as tmp:
-            pipe.save_pretrained(tmp, safe_serialization=True)
-        return Path(folder)
+
+
+@dataclass
+class DiffusersXLModel(DiffusersModel):
+    """An SDXL-type model held as diffusers modules: two text encoders (their penultimate hidden states
+    concatenated, the second one's projection as pooled embedding) and the UNet's size/crop time ids.
+
+    `encode_text` returns a `Conditioning(context, pooled, time_ids)` computed by diffusers' own
+    `StableDiffusionXLPipeline.encode_prompt`; the time ids say "drawn at the native size, uncropped" (what the
+    pipeline passes). With `force_zeros_for_empty_prompt` (SDXL base's setting) the empty prompt is zeros, as
+    the pipeline's unconditional branch is.
+    """
+
+    text_encoder_2: nn.Module = None
+    tokenizer_2: object = None
+    force_zeros_for_empty_prompt: bool = True
+
+    def modules(self) -> list[nn.Module]:
+        return [self.unet, self.vae, self.text_encoder, self.text_encoder_2]
+
+    def unet_inputs(self, text_embeddings: Conditioning) -> dict:
+        return {"encoder_hidden_states": text_embeddings["context"],
+                "added_cond_kwargs": {"text_embeds": text_embeddings["pooled"], "time_ids": text_embeddings["time_ids"]}}
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> Conditioning:
+        prompts = list(prompts)
+        context, _, pooled, _ = self.pipeline().encode_prompt(prompts, device=self.device,
+                                                              do_classifier_free_guidance=False)
+        side = self.image_size
+        time_ids = torch.tensor([[side, side, 0, 0, side, side]], dtype=context.dtype, device=self.device)
+        cond = Conditioning(context=context, pooled=pooled, time_ids=time_ids.expand(len(prompts), -1))
+        return zero_empty_prompts(cond, prompts, keep=("time_ids",)) if self.force_zeros_for_empty_prompt else cond
+
+    def pipeline(self):
+        from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline(
+            vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2, tokenizer=self.tokenizer,
+            tokenizer_2=self.tokenizer_2, unet=self.unet,
+            scheduler=DDIMScheduler.from_config(self.scheduler_config),
+            force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt, add_watermarker=False,
+        )
+
+
+# diffusers pipeline classes -> family; anything else is refused with its name
+PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd1", "StableDiffusionImg2ImgPipeline": "sd1",
+                     "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl"}
+UNSUPPORTED_NAMES = {"StableDiffusion3Pipeline": "SD3", "FluxPipeline": "Flux", "StableDiffusionXLInpaintPipeline":
+                     "SDXL inpainting", "StableDiffusionInpaintPipeline": "SD inpainting", "StableCascadeCombinedPipeline":
+                     "Stable Cascade", "PixArtAlphaPipeline": "PixArt", "AuraFlowPipeline": "AuraFlow",
+                     "HunyuanDiTPipeline": "Hunyuan-DiT", "KolorsPipeline": "Kolors", "SanaPipeline": "Sana",
+                     "LuminaText2ImgPipeline": "Lumina", "CogView4Pipeline": "CogView4", "QwenImagePipeline": "Qwen-Image"}
+SUPPORTED = "Stable Diffusion 1.x/2.x and SDXL (and its fine-tunes)"
+
+
+def unsupported(what: str) -> ErasureInputError:
+    return ErasureInputError("model", f"{what} models are not supported", f"use a {SUPPORTED} model")
+
+
+def folder_family(folder: Path) -> str:
+    """'sd1' or 'sdxl' from a diffusers folder's model_index.json; other pipelines are refused by name."""
+    import json
+
+    index = json.loads(Path(folder, "model_index.json").read_text())
+    name = index.get("_class_name", "")
+    family = PIPELINE_FAMILIES.get(name)
+    if family is None:
+        raise unsupported(UNSUPPORTED_NAMES.get(name, name or "unknown"))
+    if family == "sdxl" and not (index.get("text_encoder") or [None])[0]:
+        raise unsupported("SDXL refiner (one text encoder, aesthetic-score conditioning)")
+    return family
+
+
+def checkpoint_family(keys) -> str | None:
+    """The family of a single-file checkpoint from its tensor names (None: not recognised; diffusers decides)."""
+    keys = set(keys)
+    if any(k.startswith(("model.diffusion_model.joint_blocks.", "joint_blocks.")) for k in keys):
+        raise unsupported("SD3")
+    if any(k.startswith(("model.diffusion_model.double_blocks.", "double_blocks.")) for k in keys):
+        raise unsupported("Flux")
+    if "model.diffusion_model.label_emb.0.0.weight" in keys:
+        if not any(k.startswith("conditioner.embedders.1.") for k in keys):
+            raise unsupported("SDXL refiner (one text encoder, aesthetic-score conditioning)")
+        return "sdxl"
+    if "model.diffusion_model.input_blocks.0.0.weight" in keys:
+        return "sd1"
+    return None
 
 
 def load_diffusers_model(path: str | Path, device: str | torch.device = "cpu", config: str | Path | None = None,
                          dtype: torch.dtype | None = None) -> DiffusersModel:
-    """Load a local diffusers folder, or a single-file SD1.x `.safetensors` checkpoint, offline.
+    """Load a local diffusers folder, or a single-file SD1.x/SDXL `.safetensors` checkpoint, offline.
 
     A single file needs `config`: a local diffusers folder of the same architecture whose
-    component configs describe it. Nothing is ever downloaded. `dtype` is how the frozen weights
-    are kept: by default fp16 on CUDA (half the memory; what ComfyUI and the webui do) and fp32
-    elsewhere; the trained weights always have fp32 masters.
+    component configs describe it. Nothing is ever downloaded. SD3, Flux and other architectures
+    are refused by name. `dtype` is how the frozen weights are kept: by default fp16 on CUDA (half
+    the memory; what ComfyUI and the webui do) and fp32 elsewhere; the trained weights always have
+    fp32 masters. A VAE that asks for it (`force_upcast`, SDXL's) stays in fp32, as diffusers keeps it.
     """
     if dtype is None:
         dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -142,25 +270,42 @@ def load_diffusers_model(path: str | Path, device: str | torch.device = "cpu", c
     path = Path(path)
     if not path.exists():
         raise ErasureInputError("model", f"{path} does not exist", "give a diffusers model folder or a .safetensors file")
+    pipelines = {"sd1": (StableDiffusionPipeline, dict(safety_checker=None, requires_safety_checker=False)),
+                 "sdxl": (StableDiffusionXLPipeline, dict(add_watermarker=False))}
     if path.is_dir():
         if not (path / "model_index.json").exists():
             raise ErasureInputError("model", f"{path} has no model_index.json, so it is not a diffusers model folder",
                                     "point at the folder that holds model_index.json, unet/, vae/, text_encoder/")
-        pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype,
-                                                       safety_checker=None, requires_safety_checker=False)
+        family = folder_family(path)
+        cls, options = pipelines[family]
+        pipe = cls.from_pretrained(path, local_files_only=True, dtype=dtype, **options)
     else:
+        from safetensors import safe_open
+
         from .safe_files import check_safetensors
 
         check_safetensors(path, "model")
+        with safe_open(str(path), "pt") as f:
+            in_file = checkpoint_family(f.keys())
         if config is None or not Path(config, "model_index.json").exists():
             raise ErasureInputError(
                 "config", f"a single-file checkpoint ({path.name}) needs a local diffusers folder describing its "
-                "architecture, and none was given", "pass --config with a local SD1.x diffusers folder "
+                "architecture, and none was given", "pass --config with a local SD1.x or SDXL diffusers folder "
                 "(nothing is downloaded)")
-        pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
-                                                        dtype=dtype, safety_checker=None,
-                                                        requires_safety_checker=False)
+        family = folder_family(Path(config))
+        if in_file is not None and in_file != family:
+            names = {"sd1": "SD1.x/SD2.x", "sdxl": "SDXL"}
+            raise ErasureInputError("config", f"{path.name} is an {names[in_file]} checkpoint but {config} describes "
+                                    f"an {names[family]} model", f"pass --config with a local {names[in_file]} "
+                                    "diffusers folder")
+        cls, options = pipelines[family]
+        pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True, dtype=dtype, **options)
     device = torch.device(device)
-    return DiffusersModel(unet=pipe.unet.to(device), vae=pipe.vae.to(device), text_encoder=pipe.text_encoder.to(device),
-                          tokenizer=pipe.tokenizer, scheduler_config=dict(pipe.scheduler.config), device=device,
-                          source=str(path))
+    if family == "sdxl" and getattr(pipe.vae.config, "force_upcast", False):
+        pipe.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (what StableDiffusionXLPipeline upcasts for)
+    parts = dict(unet=pipe.unet.to(device), vae=pipe.vae.to(device), text_encoder=pipe.text_encoder.to(device),
+                 tokenizer=pipe.tokenizer, scheduler_config=dict(pipe.scheduler.config), device=device, source=str(path))
+    if family == "sdxl":
+        return DiffusersXLModel(**parts, text_encoder_2=pipe.text_encoder_2.to(device), tokenizer_2=pipe.tokenizer_2,
+                                force_zeros_for_empty_prompt=bool(pipe.config.force_zeros_for_empty_prompt))
+    return DiffusersModel(**parts)

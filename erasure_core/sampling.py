@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from diffusers import DDIMScheduler
 
-from .controlnet import ControlledUNet, prepare_hint
+from .controlnet import ControlledUNet, check_controlnet_fits, prepare_hint
 from .errors import ErasureInputError
 from .model import DiffusionModel
 from .progress import report
@@ -31,6 +31,7 @@ def _control_hints(model, controlnet, control_image, count: int, latent_shape=No
     if controlnet is None or control_image is None:
         raise ErasureInputError("controlnet", "a ControlNet and a control image go together; got only one",
                                 "give both (--controlnet and --control-image) or neither")
+    check_controlnet_fits(model, controlnet)
     if control_image.shape[0] not in (1, count):
         raise ErasureInputError("control image", f"{control_image.shape[0]} control images for {count} prompts",
                                 "give one control image, or one per prompt")
@@ -59,6 +60,8 @@ def sample_latents(model: DiffusionModel, prompts: list[str], seeds: list[int], 
         raise ValueError(f"prompts and seeds must pair up, got {len(prompts)} prompts and {len(seeds)} seeds")
     unet = unet if unet is not None else model.unet
     hints = _control_hints(model, controlnet, control_image, len(prompts), latent_shape)
+    # the scheduler reads the model's own prediction type (v for v-prediction models; see model.py)
+    predict = model.predict if model.scheduler_config.get("prediction_type") == "v_prediction" else model.predict_noise
     outputs = []
     uncond_all = model.encode_text([negative_prompt])
     chunks = -(-len(prompts) // batch_size)
@@ -77,9 +80,9 @@ def sample_latents(model: DiffusionModel, prompts: list[str], seeds: list[int], 
             if trajectory_hook is not None:
                 trajectory_hook(i, t, x)
             x_in = sched.scale_model_input(torch.cat([x, x]), t)
-            eps_uncond, eps_cond = model.predict_noise(chunk_unet, x_in, t.to(model.device), context).chunk(2)
-            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-            x = sched.step(eps, t, x).prev_sample
+            out_uncond, out_cond = predict(chunk_unet, x_in, t.to(model.device), context).chunk(2)
+            guided = out_uncond + guidance * (out_cond - out_uncond)  # CFG is the same in epsilon and in v
+            x = sched.step(guided, t, x).prev_sample
             report(desc, chunk * steps + i + 1, chunks * steps)
         outputs.append(x)
     return torch.cat(outputs)

@@ -5,6 +5,7 @@ import torch
 from comfy_api.latest import io
 
 import comfy.samplers
+from erasure_core.backends import comfy as backend
 from erasure_core.errors import ErasureInputError
 
 from .common import CATEGORY, lines
@@ -66,6 +67,10 @@ class ErasureCompare(io.ComfyNode):
         if image_size % 8:
             raise ErasureInputError("image_size", f"{image_size} is not a multiple of 8", "use e.g. 512")
         negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+        if backend.is_sdxl(original):  # SDXL's "no prompt" is zeros (as the erase nodes train it): ComfyUI's own zero-out
+            import nodes as comfy_nodes
+
+            negative = comfy_nodes.ConditioningZeroOut().zero_out(negative)[0]
         rows = []
         for i, prompt in enumerate(todo):
             args = (prompt, negative, int(seed) + i, int(steps), float(cfg), sampler_name, scheduler, int(image_size))

@@ -28,7 +28,7 @@ def load_file_as_module(path: Path, name: str):
     (None, None, "no checkpoint"),
     (SimpleNamespace(), SimpleNamespace(lowvram=True), "--lowvram"),
     (SimpleNamespace(), SimpleNamespace(lowvram=False, medvram=True), "--medvram"),
-    (SimpleNamespace(is_sdxl=True), None, "SDXL"),
+    (SimpleNamespace(is_sd3=True), None, "SD3"),
     (SimpleNamespace(parameterization="v"), None, "SD2"),
 ])
 def test_refusals_name_the_fix(model, opts, words):

@@ -46,6 +46,28 @@ def test_cli_erase_writes_the_three_files(tmp_path, capsys):
     assert "erased rate" in capsys.readouterr().out
 
 
+def test_cli_erases_from_an_sdxl_folder(tmp_path, capsys, toy_xl_dir):
+    """The command line on an SDXL diffusers folder writes kohya's SDXL file; the shipped XL toy world is also
+    judged like the toy world."""
+    from erasure_core.erasure_file import load_erasure
+    from erasure_core.toyworld import XL_MODEL_DIR
+
+    model = str(toy_xl_dir)
+    code = main(["erase", "--method", "cg", "--concept", "circle", "--alternative", "square", "--model", model,
+                 "--steps", "5", "--rank", "4", "--lr", "1e-3", "--out", str(tmp_path),
+                 # one concept prompt and one other prompt: the before/after comparison draws two images, not 16
+                 "--template", "a red solid {}", "--preserve", "a blue striped square"])
+    assert code == 0
+    tensors, meta = load_erasure(tmp_path / "erase_circle_cg.safetensors")
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert all(k.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_"))
+               for k in tensors)
+    report = json.loads((tmp_path / "report.json").read_text())
+    if model == str(XL_MODEL_DIR):  # the shipped XL toy world is scored by the judge
+        assert report["erased_rate_before"] >= 0.9 and report["erased_rate_after"] is not None
+    assert "training" in capsys.readouterr().out
+
+
 def test_cli_reports_bad_input_by_field(capsys):
     assert main(["erase", "--method", "cg", "--concept", "circle", "--alternative", "circle", "--steps", "1"]) == 2
     assert "alternative: is the concept itself" in capsys.readouterr().err

@@ -4,10 +4,15 @@ Methods train on a deep copy of the ComfyUI UNet (`erasure_core.trainable`), so 
 ComfyUI caches is never written to; the result goes back into the graph as patches on a fresh
 clone. Import this module only inside ComfyUI (it imports `comfy`).
 
-Conventions that keep files portable between hosts: erasure tensors leave this module with
-diffusers-path kohya keys (`lora_unet_down_blocks_1_attentions_0_...`), the names the CLI, the
-webui and ComfyUI's own LoraLoader all read, and the metadata fingerprint is that of the
-equivalent diffusers UNet.
+SDXL-family MODELs (SDXL, its fine-tunes, SSD-1B, Vega: ComfyUI's `model_base.SDXL`) are supported:
+their conditioning is the CLIP's penultimate states of both encoders plus `y`, which ComfyUI's own
+`encode_adm` computes from the pooled output and the sizes, exactly as its samplers do.
+
+Conventions that keep files portable between hosts: SD1.x/SD2.x erasure tensors leave this module
+with diffusers-path kohya keys (`lora_unet_down_blocks_1_attentions_0_...`), SDXL ones with kohya's
+SDXL (ldm-path) keys (`lora_unet_input_blocks_4_1_...`, erasure_core.layouts); those are the names
+the CLI, the webui and ComfyUI's own LoraLoader all read, and the metadata fingerprint is the one
+the diffusers backend computes for the same architecture.
 """
 from __future__ import annotations
 
@@ -17,11 +22,14 @@ import torch
 from torch import nn
 
 import comfy.lora
+import comfy.model_base
 import comfy.model_management as mm
 import comfy.utils
 
 from .. import checks, erasure_file
+from ..conditioning import Conditioning
 from ..errors import ErasureInputError
+from ..model import EpsilonFromPrediction
 from .ldm import meta_diffusers_unet, scheduler_config_for
 
 FINGERPRINT_KEY = "concept_eraser.unet_fingerprint"
@@ -33,17 +41,23 @@ def check_interrupt() -> None:
 
 
 def unet_of(patcher) -> nn.Module:
-    """The ldm UNetModel inside a MODEL, or a clear error for model types the methods cannot train."""
+    """The ldm UNetModel inside a MODEL, or a clear error (naming the model type) for those the methods cannot train."""
     base = getattr(patcher, "model", None)
     unet = getattr(base, "diffusion_model", None)
     config = getattr(getattr(base, "model_config", None), "unet_config", None) or {}
-    ok = (unet is not None and type(unet).__name__ == "UNetModel" and config.get("context_dim")
-          and config.get("adm_in_channels") is None and config.get("in_channels", 4) == 4)
-    if not ok:
-        raise ErasureInputError("model", f"a {type(base).__name__} model is not a Stable Diffusion 1.x/2.x UNet",
-                                "connect the MODEL of an SD1.x (or SD2.x) checkpoint; SDXL, SD3 and Flux are not "
-                                "supported yet")
+    is_unet = unet is not None and type(unet).__name__ == "UNetModel" and config.get("context_dim") \
+        and config.get("in_channels", 4) == 4
+    plain = config.get("adm_in_channels") is None  # SD1.x/SD2.x: text through cross-attention only
+    if not (is_unet and (plain or is_sdxl(patcher))):
+        raise ErasureInputError("model", f"a {type(base).__name__} model is not a Stable Diffusion 1.x/2.x or SDXL "
+                                "UNet", "connect the MODEL of an SD1.x, SD2.x or SDXL checkpoint (SD3, Flux, the SDXL "
+                                "refiner and other architectures are not supported)")
     return unet
+
+
+def is_sdxl(patcher) -> bool:
+    """An SDXL-family MODEL: ComfyUI's SDXL model class (its fine-tunes, SSD-1B and Vega use it too)."""
+    return isinstance(getattr(patcher, "model", None), comfy.model_base.SDXL)
 
 
 def schedule_of(patcher) -> tuple[torch.Tensor, bool]:
@@ -61,7 +75,7 @@ def schedule_of(patcher) -> tuple[torch.Tensor, bool]:
     return (1.0 / (1.0 + sigmas ** 2)).float(), "V_PREDICTION" in kinds
 
 
-class ComfyModel:
+class ComfyModel(EpsilonFromPrediction):
     """`erasure_core.model.DiffusionModel` over ComfyUI's MODEL, CLIP and VAE.
 
     `unet` is the MODEL's own ldm UNet, loaded through ComfyUI's memory management with the
@@ -72,8 +86,9 @@ class ComfyModel:
     def __init__(self, patcher, clip=None, vae=None, image_size: int = 512):
         self.patcher, self.clip, self.vae = patcher, clip, vae
         self.unet = unet_of(patcher)
+        self.sdxl = is_sdxl(patcher)
         self.alphas_cumprod, self.v_prediction = schedule_of(patcher)
-        self.scheduler_config = scheduler_config_for(self.alphas_cumprod)
+        self.scheduler_config = scheduler_config_for(self.alphas_cumprod, self.v_prediction)
         self.device = patcher.load_device
         factor = int(getattr(vae, "downscale_ratio", 8)) if vae is not None and isinstance(
             getattr(vae, "downscale_ratio", 8), int) else 8
@@ -82,6 +97,7 @@ class ComfyModel:
                                     f"{factor * 2})", f"use e.g. {max(factor * 2, image_size // factor * factor)}")
         side = image_size // factor
         self.latent_shape = (4, side, side)
+        self.image_size = image_size
         self._text_cache: dict[str, torch.Tensor] = {}
         self.load()
 
@@ -100,33 +116,45 @@ class ComfyModel:
         return getattr(base, "manual_cast_dtype", None) or base.get_dtype()
 
     # -- DiffusionModel ----------------------------------------------------------------------
-    def predict_noise(self, unet, latents, timesteps, text_embeddings):
+    def predict(self, unet, latents, timesteps, text_embeddings):
         check_interrupt()
         if unet is self.unet:
             self.load()  # CLIP/VAE calls may have evicted it on small GPUs
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(latents.shape[0])
         dtype = self.dtype
-        out = unet(latents.to(self.device, dtype), timesteps=timesteps.to(self.device).float(),
-                   context=text_embeddings.to(self.device, dtype)).float()
-        if self.v_prediction:  # eps = sqrt(ᾱ) v + sqrt(1-ᾱ) x_t
-            a = self.alphas_cumprod.to(out.device)[timesteps.long().to(out.device)].view(-1, 1, 1, 1)
-            out = a.sqrt() * out + (1 - a).sqrt() * latents.to(out)
-        return out
+        inputs = dict(text_embeddings.to(self.device, dtype).parts) if isinstance(text_embeddings, Conditioning) \
+            else {"context": text_embeddings.to(self.device, dtype)}
+        return unet(latents.to(self.device, dtype), timesteps=timesteps.to(self.device).float(), **inputs).float()
 
     @torch.no_grad()
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+    def encode_text(self, prompts: list[str]) -> torch.Tensor | Conditioning:
         if self.clip is None:
             raise ErasureInputError("clip", "is not connected", "connect the CLIP output of your checkpoint loader")
         rows = [self._encode_one(p) for p in prompts]
         return torch.cat(rows).to(self.device)
 
-    def _encode_one(self, prompt: str) -> torch.Tensor:
+    def _encode_one(self, prompt: str) -> torch.Tensor | Conditioning:
         if prompt not in self._text_cache:
-            cond = self.clip.encode_from_tokens(self.clip.tokenize(prompt))
+            cond, pooled = self.clip.encode_from_tokens(self.clip.tokenize(prompt), return_pooled=True)
             # Long prompts give 77·k tokens; keep the first window like the diffusers backend does.
-            self._text_cache[prompt] = cond[:, :77].float().clone()
+            cond = cond[:, :77].float().clone()
+            if self.sdxl:
+                self._text_cache[prompt] = self._sdxl_conditioning(prompt, cond, pooled.float().clone())
+            else:
+                self._text_cache[prompt] = cond
         return self._text_cache[prompt]
+
+    def _sdxl_conditioning(self, prompt: str, cond: torch.Tensor, pooled: torch.Tensor) -> Conditioning:
+        """SDXL's context and `y`. The empty prompt is zeros (context and pooled), the unconditional input SDXL
+        was trained with (diffusers' force_zeros_for_empty_prompt, the webui's zeroed negative prompt); the
+        sizes say "drawn at image_size, uncropped", as ComfyUI's samplers pass them for that latent size."""
+        if not prompt.strip():
+            cond, pooled = torch.zeros_like(cond), torch.zeros_like(pooled)
+        side = self.image_size
+        y = self.patcher.model.encode_adm(pooled_output=pooled, width=side, height=side, crop_w=0, crop_h=0,
+                                          target_width=side, target_height=side)
+        return Conditioning(context=cond, y=y.float().clone())
 
     def _need_vae(self):
         if self.vae is None:
@@ -156,7 +184,10 @@ def ldm_to_diffusers_names(patcher) -> dict[str, str]:
 
 
 def to_diffusers_keys(state_dict: dict[str, torch.Tensor], patcher) -> dict[str, torch.Tensor]:
-    """Rename kohya keys of ldm module paths (what training on the ComfyUI UNet gives) to diffusers paths."""
+    """Rename kohya keys of ldm module paths (what training on the ComfyUI UNet gives) to diffusers paths; SDXL
+    files keep their ldm paths, kohya's SDXL layout (erasure_core.layouts)."""
+    if is_sdxl(patcher):
+        return dict(state_dict)
     rename = {erasure_file.module_key(ldm): erasure_file.module_key(diff)
               for ldm, diff in ldm_to_diffusers_names(patcher).items()}
     out = {}
@@ -199,6 +230,8 @@ def fingerprint(patcher) -> str | None:
     """The fingerprint the diffusers backend computes for the same architecture (None if unknown)."""
     import json
 
+    if is_sdxl(patcher):  # layout-independent for SDXL: computed from this UNet's own (ldm) layer names
+        return erasure_file.unet_fingerprint(patcher.model.diffusion_model)
     try:
         return _fingerprint(json.dumps(patcher.model.model_config.unet_config, sort_keys=True, default=str))
     except Exception:  # an architecture diffusers cannot express: skip the check rather than block the user

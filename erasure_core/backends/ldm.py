@@ -17,17 +17,20 @@ import torch
 from torch import nn
 
 from .. import erasure_file
+from ..conditioning import Conditioning
 from ..errors import ErasureInputError
 from ..layers import weight_layers
+from ..model import EpsilonFromPrediction
 
 
-def scheduler_config_for(alphas_cumprod: torch.Tensor) -> dict:
-    """A diffusers scheduler config with exactly this ᾱ (as trained betas), for the core's DDIM sampling."""
+def scheduler_config_for(alphas_cumprod: torch.Tensor, v_prediction: bool = False) -> dict:
+    """A diffusers scheduler config with exactly this ᾱ (as trained betas) and prediction type, for the core's
+    DDIM sampling."""
     a = alphas_cumprod.double().cpu()
     prev = torch.cat([torch.ones(1, dtype=a.dtype), a[:-1]])
     betas = (1 - a / prev).clamp(0, 0.999)
     return {"num_train_timesteps": len(a), "trained_betas": betas.tolist(), "beta_schedule": "linear",
-            "prediction_type": "epsilon", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+            "prediction_type": "v_prediction" if v_prediction else "epsilon", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
             "timestep_spacing": "leading"}
 
 
@@ -40,11 +43,12 @@ def saved_activation_copies():
 
 
 @dataclass
-class LdmModel:
+class LdmModel(EpsilonFromPrediction):
     """`erasure_core.model.DiffusionModel` over an ldm UNet plus host-supplied text and VAE functions.
 
-    `encode_text(prompts) -> (B, 77, C)`, `encode_images(x in [0,1]) -> scaled latents`,
-    `decode_latents(latents) -> images in [0,1]`. `unet` is only read: the methods train a copy.
+    `encode_text(prompts) -> (B, 77, C)`, or for SDXL a `Conditioning(context, y)` (the UNet's `context` and
+    `y` inputs); `encode_images(x in [0,1]) -> scaled latents`, `decode_latents(latents) -> images in [0,1]`.
+    `unet` is only read: the methods train a copy. `v_prediction`: the UNet predicts v (converted to epsilon).
     """
 
     unet: nn.Module
@@ -58,10 +62,11 @@ class LdmModel:
     # The UNet adds to its activations in place (Forge's transformer blocks: `x += n`), which autograd refuses
     # for activations it saved: while training, saved activations are then kept as copies.
     inplace_activations: bool = False
+    v_prediction: bool = False
 
     def __post_init__(self):
         self.alphas_cumprod = self.alphas_cumprod.detach().float().cpu()
-        self.scheduler_config = scheduler_config_for(self.alphas_cumprod)
+        self.scheduler_config = scheduler_config_for(self.alphas_cumprod, self.v_prediction)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -71,18 +76,19 @@ class LdmModel:
         """For the memory plan: the diffusers UNet of this ldm UNet's layout, on `meta`."""
         return meta_diffusers_unet(self.unet)
 
-    def predict_noise(self, unet, latents, timesteps, text_embeddings):
+    def predict(self, unet, latents, timesteps, text_embeddings):
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(latents.shape[0])
         dtype = next(unet.parameters()).dtype if not torch.is_autocast_enabled() else latents.dtype
+        inputs = dict(text_embeddings.to(self.device, dtype).parts) if isinstance(text_embeddings, Conditioning) \
+            else {"context": text_embeddings.to(self.device, dtype)}
         copies = saved_activation_copies() if self.inplace_activations and torch.is_grad_enabled() else nullcontext()
         with copies:
-            out = unet(latents.to(self.device, dtype), timesteps=timesteps.to(self.device),
-                       context=text_embeddings.to(self.device, dtype))
+            out = unet(latents.to(self.device, dtype), timesteps=timesteps.to(self.device), **inputs)
         return out.float()
 
     @torch.no_grad()
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+    def encode_text(self, prompts: list[str]) -> torch.Tensor | Conditioning:
         with torch.inference_mode(False):
             ctx = self.text_fn(list(prompts))
         # Hosts may compute under inference mode; a clone made here is an ordinary tensor autograd accepts.
@@ -150,8 +156,9 @@ def ldm_to_diffusers_name(name: str, num_res_blocks: int) -> str | None:
 
 
 def diffusers_layout(unet: nn.Module) -> dict:
-    """The UNet2DConditionModel config with the layers of an SD1/SD2-type ldm UNetModel (ComfyUI's, the webui's),
-    read off the module itself: widths, levels, attention levels, transformer depth, text width."""
+    """The UNet2DConditionModel config with the layers of an SD1/SD2/SDXL-type ldm UNetModel (ComfyUI's, the
+    webui's), read off the module itself: widths, levels, attention levels, transformer depth, text width, and
+    SDXL's added embedding."""
     from diffusers.models.attention import BasicTransformerBlock  # noqa: F401  (diffusers is the reference layout)
 
     nrb, levels = unet_layout(unet)
@@ -166,12 +173,17 @@ def diffusers_layout(unet: nn.Module) -> dict:
             context = transformer.transformer_blocks[0].attn2.to_k.weight.shape[1]
             linear = transformer.proj_in.weight.ndim == 2
             groups = transformer.norm.num_groups
-    return dict(sample_size=64, in_channels=unet.in_channels, out_channels=unet.out_channels, layers_per_block=nrb,
-                block_out_channels=[unet.model_channels * m for m in mult],
-                down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
-                up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
-                cross_attention_dim=context or 768, transformer_layers_per_block=depth,
-                use_linear_projection=linear, norm_num_groups=groups, attention_head_dim=8)
+    config = dict(sample_size=64, in_channels=unet.in_channels, out_channels=unet.out_channels, layers_per_block=nrb,
+                  block_out_channels=[unet.model_channels * m for m in mult],
+                  down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+                  up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+                  cross_attention_dim=context or 768, transformer_layers_per_block=depth,
+                  use_linear_projection=linear, norm_num_groups=groups, attention_head_dim=8)
+    label_emb = getattr(unet, "label_emb", None)
+    if label_emb is not None:  # SDXL: the pooled text and six sizes embedded at 256 each (ComfyUI, sgm, Forge)
+        config.update(addition_embed_type="text_time", addition_time_embed_dim=256,
+                      projection_class_embeddings_input_dim=label_emb[0][0].in_features)
+    return config
 
 
 def meta_diffusers_unet(unet: nn.Module) -> nn.Module:

@@ -5,8 +5,12 @@ tested) outside the webui; the functions take the webui's objects as arguments. 
 - reaches the ldm UNet (`sd_model.model.diffusion_model`; Forge 2: `forge_objects.unet`), the
   text encoder (`get_learned_conditioning`, outputs cloned out of inference mode), the VAE
   (`encode_first_stage`/`decode_first_stage`) and the schedule (`alphas_cumprod`);
+- SDXL (A1111's sgm `DiffusionEngine`, Forge's `StableDiffusionXL`): the conditioning is the host's
+  own `{"crossattn", "vector"}` (a `Conditioning(context, y)` here), asked for at the training image
+  size, with the empty prompt zeroed by the host itself (its negative-prompt rule); v-prediction
+  SDXL fine-tunes are converted to epsilon;
 - refuses what training cannot work with: --lowvram/--medvram hooks, fp8/4-bit/GGUF storage,
-  SDXL and v-prediction models, each with the fix;
+  SD2.x, SD3, Flux, the SDXL refiner and inpainting models, each with the fix;
 - reads clean weights when LoRAs are active (the webui merges them into the live weights);
 - saves the erasure into the webui's Lora folder with the metadata its Lora list needs, and
   optionally as a merged checkpoint into its Stable-diffusion folder.
@@ -24,8 +28,10 @@ import torch
 from torch import nn
 
 from .. import erasure_file
-from ..naming import unique_path
+from ..conditioning import Conditioning
 from ..errors import ErasureInputError
+from ..layouts import family_of
+from ..naming import unique_path
 from ..trainable import host_tensors
 from .ldm import LdmModel, to_diffusers_keys, unet_layout
 
@@ -38,26 +44,60 @@ SD1_DIFFUSERS_CONFIG = dict(
     down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
     up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, cross_attention_dim=768, attention_head_dim=8,
 )
+# SDXL base's diffusers UNet (its fingerprint is the same as its ldm layout's: erasure_file.unet_fingerprint).
+SDXL_DIFFUSERS_CONFIG = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=[320, 640, 1280],
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], cross_attention_dim=2048,
+    attention_head_dim=[5, 10, 20], transformer_layers_per_block=[1, 2, 10], use_linear_projection=True,
+    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+)
 
 
 # -- refusals ------------------------------------------------------------------------------------
 def check_supported(sd_model, cmd_opts=None) -> None:
     """Raise ErasureInputError for setups training cannot work with, naming the fix."""
     if sd_model is None:
-        raise ErasureInputError("model", "no checkpoint is loaded", "choose a Stable Diffusion 1.x checkpoint at the "
-                                "top of the webui")
+        raise ErasureInputError("model", "no checkpoint is loaded", "choose a Stable Diffusion 1.x or SDXL checkpoint "
+                                "at the top of the webui")
     if cmd_opts is not None and (getattr(cmd_opts, "lowvram", False) or getattr(cmd_opts, "medvram", False)) \
             or getattr(sd_model, "lowvram", False):
         raise ErasureInputError("webui options", "--lowvram/--medvram move UNet blocks on and off the GPU during each "
                                 "call, which breaks training", "restart the webui without --lowvram/--medvram "
                                 "(a LoRA rank 4 erasure of SD1.x needs about 6 GB of VRAM)")
-    for flag, name in (("is_sdxl", "SDXL"), ("is_sd3", "SD3"), ("is_flux", "Flux")):
+    unsupported = [("is_sd3", "SD3"), ("is_flux", "Flux"), ("is_chroma", "Chroma"), ("is_sdxl_inpaint", "SDXL inpainting")]
+    for flag, name in unsupported:
         if getattr(sd_model, flag, False):
-            raise ErasureInputError("model", f"{name} checkpoints are not supported yet", "load a Stable Diffusion "
-                                    "1.x checkpoint")
-    if getattr(sd_model, "parameterization", "eps") != "eps" or getattr(sd_model, "is_sd2", False):
+            raise ErasureInputError("model", f"{name} checkpoints are not supported", "load a Stable Diffusion 1.x or "
+                                    "SDXL checkpoint")
+    if getattr(sd_model, "is_sdxl", False) and is_refiner(sd_model):
+        raise ErasureInputError("model", "the SDXL refiner is not supported (one text encoder, aesthetic-score "
+                                "conditioning)", "load an SDXL base checkpoint or a fine-tune of it")
+    sd2 = getattr(sd_model, "is_sd2", False) or (getattr(sd_model, "parameterization", "eps") != "eps"
+                                                 and not getattr(sd_model, "is_sdxl", False))
+    if sd2:
         raise ErasureInputError("model", "SD2.x checkpoints are not supported in the webui yet", "load a Stable "
-                                "Diffusion 1.x checkpoint (or use the ComfyUI nodes for SD2.x)")
+                                "Diffusion 1.x or SDXL checkpoint (or use the ComfyUI nodes for SD2.x)")
+    v_prediction(sd_model)  # refuses prediction types other than epsilon and v
+
+
+def is_refiner(sd_model) -> bool:
+    """The SDXL refiner: Forge's StableDiffusionXLRefiner, or an sgm conditioner with an aesthetic-score input."""
+    if "Refiner" in type(sd_model).__name__:
+        return True
+    embedders = getattr(getattr(sd_model, "conditioner", None), "embedders", None) or []
+    return any(getattr(e, "input_key", None) == "aesthetic_score" for e in embedders)
+
+
+def v_prediction(sd_model) -> bool:
+    """Whether the loaded model predicts v (A1111: `parameterization`; Forge 2: its predictor's prediction_type)."""
+    forge_unet = getattr(getattr(sd_model, "forge_objects", None), "unet", None)
+    predictor = getattr(getattr(forge_unet, "model", None), "predictor", None)
+    kind = getattr(predictor, "prediction_type", None) or getattr(sd_model, "parameterization", "eps")
+    if kind not in ("eps", "epsilon", "v", "v_prediction"):
+        raise ErasureInputError("model", f"its prediction type {kind!r} is not supported", "load an epsilon- or "
+                                "v-prediction Stable Diffusion 1.x or SDXL checkpoint")
+    return kind in ("v", "v_prediction")
 
 
 def check_storage(unet: nn.Module) -> None:
@@ -132,13 +172,38 @@ def clean_unet(unet: nn.Module, backups: dict) -> nn.Module:
     return copy.deepcopy(unet, memo)
 
 
-def text_function(sd_model, autocast=nullcontext):
-    def encode(prompts: list[str]) -> torch.Tensor:
+def prompt_batch(prompts: list[str], image_size: int, negative: bool = False):
+    """The webui's own prompt batch (`SdConditioning`: a list carrying the image size and whether it is a negative
+    prompt, which SDXL's conditioning reads), or the plain list outside the webui."""
+    try:
+        from modules.prompt_parser import SdConditioning
+    except ImportError:
+        return list(prompts)
+    return SdConditioning(list(prompts), is_negative_prompt=negative, width=image_size, height=image_size)
+
+
+def text_function(sd_model, autocast=nullcontext, image_size: int = 512):
+    """prompts -> (B, 77, C) for SD1.x; for SDXL a Conditioning(context, y) from the host's {"crossattn", "vector"}.
+
+    SDXL's empty prompt goes in as a negative prompt, which the host itself turns into zeros (context and pooled,
+    sizes kept): the unconditional input SDXL was trained with, as in the host's own sampling."""
+    def host_encode(prompts: list[str], negative: bool):
         with autocast():
-            cond = sd_model.get_learned_conditioning(prompts)
-        if isinstance(cond, dict):  # SDXL-style conditioning: refused earlier, guard anyway
-            cond = cond["crossattn"]
-        return cond[:, :77]
+            return sd_model.get_learned_conditioning(prompt_batch(prompts, image_size, negative))
+
+    def encode(prompts: list[str]) -> torch.Tensor | Conditioning:
+        if not getattr(sd_model, "is_sdxl", False):
+            cond = host_encode(prompts, False)
+            return (cond["crossattn"] if isinstance(cond, dict) else cond)[:, :77]
+        empty = [not p.strip() for p in prompts]
+        rows = {}  # prompt index -> its row, from one host call per kind
+        for negative in (False, True):
+            chosen = [i for i, e in enumerate(empty) if e == negative]
+            if chosen:
+                cond = host_encode([prompts[i] for i in chosen], negative)
+                part = Conditioning(context=cond["crossattn"][:, :77], y=cond["vector"])
+                rows.update({i: part[j:j + 1] for j, i in enumerate(chosen)})
+        return torch.cat([rows[i] for i in range(len(prompts))])
     return encode
 
 
@@ -158,9 +223,15 @@ def image_functions(sd_model, autocast=nullcontext):
     return encode, decode
 
 
-def model_from_webui(sd_model, cmd_opts=None, autocast=nullcontext, image_size: int = 512) -> LdmModel:
-    """The core's model interface over the webui's loaded model; refuses what cannot be trained."""
+def native_image_size(sd_model) -> int:
+    return 1024 if getattr(sd_model, "is_sdxl", False) else 512
+
+
+def model_from_webui(sd_model, cmd_opts=None, autocast=nullcontext, image_size: int | None = None) -> LdmModel:
+    """The core's model interface over the webui's loaded model; refuses what cannot be trained. `image_size`
+    defaults to the model's native size (SD1.x 512, SDXL 1024)."""
     check_supported(sd_model, cmd_opts)
+    image_size = image_size or native_image_size(sd_model)
     unet = find_unet(sd_model)
     unet_layout(unet)
     check_storage(unet)
@@ -168,9 +239,11 @@ def model_from_webui(sd_model, cmd_opts=None, autocast=nullcontext, image_size: 
     encode, decode = image_functions(sd_model, autocast)
     device = next(unet.parameters()).device
     in_channels = int(getattr(unet, "in_channels", 4))
-    return LdmModel(unet=unet, alphas_cumprod=find_alphas(sd_model), text_fn=text_function(sd_model, autocast),
-                    encode_fn=encode, decode_fn=decode, latent_shape=(in_channels, image_size // 8, image_size // 8),
-                    device=device, inplace_activations=getattr(sd_model, "forge_objects", None) is not None)
+    return LdmModel(unet=unet, alphas_cumprod=find_alphas(sd_model),
+                    text_fn=text_function(sd_model, autocast, image_size), encode_fn=encode, decode_fn=decode,
+                    latent_shape=(in_channels, image_size // 8, image_size // 8), device=device,
+                    inplace_activations=getattr(sd_model, "forge_objects", None) is not None,
+                    v_prediction=v_prediction(sd_model))
 
 
 # -- saving ---------------------------------------------------------------------------------------
@@ -181,13 +254,18 @@ def sd1_fingerprint() -> str:
         return erasure_file.unet_fingerprint(UNet2DConditionModel(**SD1_DIFFUSERS_CONFIG))
 
 
+def file_fingerprint(unet: nn.Module) -> str:
+    """The fingerprint the diffusers backend writes for this architecture: SD1.x's diffusers UNet; for SDXL the
+    layout-independent one of this UNet itself (erasure_file.unet_fingerprint)."""
+    return erasure_file.unet_fingerprint(unet) if family_of(unet) == "sdxl" else sd1_fingerprint()
+
+
 def portable_file(result, unet: nn.Module, checkpoint_name: str | None = None,
                   fingerprint: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The erasure's tensors with diffusers-path keys and metadata the webui's Lora list reads."""
-    state_dict = to_diffusers_keys(result.state_dict, unet)
+    """The erasure's tensors with the project's keys (SD1.x: diffusers paths; SDXL: kohya's ldm paths, as trained
+    here) and metadata the webui's Lora list reads (the architecture was set from the UNet's family)."""
+    state_dict = to_diffusers_keys(result.state_dict, unet) if family_of(unet) == "sd1" else dict(result.state_dict)
     meta = dict(result.metadata)
-    meta["modelspec.architecture"] = "stable-diffusion-v1/lora"
-    meta["ss_base_model_version"] = "sd_v1"
     meta["modelspec.date"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     if checkpoint_name:
         meta["ss_sd_model_name"] = checkpoint_name
@@ -312,7 +390,7 @@ class WebuiSession:
         info = getattr(shared.sd_model, "sd_checkpoint_info", None)
         name = getattr(info, "name_for_extra", None) or getattr(info, "name", None)
         return save_to_lora_dir(result, self.model.unet, lora_folder(shared.cmd_opts, paths.models_path), name,
-                                sd1_fingerprint())
+                                file_fingerprint(self.model.unet))
 
 
 def webui_host():
@@ -322,7 +400,7 @@ def webui_host():
     from ..ui_blocks import Host
 
     session = WebuiSession()
-    intro = ("Erase a concept from the **currently loaded** Stable Diffusion 1.x checkpoint. The result is saved "
+    intro = ("Erase a concept from the **currently loaded** Stable Diffusion 1.x or SDXL checkpoint. The result is saved "
              "into your Lora folder; use it like any LoRA, e.g. `<lora:erase_van-gogh_cg:1>`. The checkpoint file "
              "itself is never changed. The webui's Interrupt and Skip stop an erasure, as Cancel does; while it "
              "runs, generations wait for it.")

@@ -11,6 +11,7 @@ from torch import nn
 
 from .. import checks, erasure_file
 from ..errors import ErasureInputError
+from ..layouts import file_layer_name
 from ..naming import erasure_stem
 from ..trainable import GROUPS, lora_layers, weight_deltas
 from ..memory import MEMORY_MODES
@@ -150,10 +151,12 @@ def finish(method: str, config: EraseConfig, original: nn.Module, tuned: nn.Modu
            started: float, memory_plan=None) -> ErasureResult:
     """Package a trained copy as a result: kohya tensors for LoRA or full deltas, and metadata."""
     tuned.eval().requires_grad_(False)
+    rename = file_layer_name(original)  # SDXL files use ldm layer names (layouts.py)
     if config.rank is None:
-        sd = erasure_file.to_state_dict(weight_deltas=weight_deltas(original, tuned, config.group))
+        deltas = weight_deltas(original, tuned, config.group)
+        sd = erasure_file.to_state_dict(weight_deltas={rename(name): d for name, d in deltas.items()})
     else:
-        sd = erasure_file.to_state_dict(lora_layers=list(lora_layers(tuned)))
+        sd = erasure_file.to_state_dict(lora_layers=[(rename(name), *rest) for name, *rest in lora_layers(tuned)])
     info = {"method": method, "steps": len(losses),
             **{k: v for k, v in asdict(config).items() if k not in ("templates", "concept_images")},
             "name": erasure_stem(config.concepts, method)}

@@ -17,7 +17,9 @@ import platform
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -127,19 +129,54 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.lerp_(p, 1 - decay)
 
 
+@dataclass
+class DiffusionRecipe:
+    """What one toy model family trains: its modules, how captions become the UNet's conditioning, how it is saved.
+
+    `make(tokenizer)` returns the trainable modules by pipeline name, in creation order (the order sets the
+    random initialisation); `conditioner(modules, tokenizer)` returns `condition(captions, rng)`, the UNet's
+    keyword arguments for a batch; `save(folder, vae, tokenizer, modules)` writes the diffusers folder.
+    """
+
+    make: Callable[[CLIPTokenizer], dict[str, torch.nn.Module]]
+    conditioner: Callable[[dict, CLIPTokenizer], Callable[[list[str], np.random.Generator], dict]]
+    save: Callable[[Path, AutoencoderKL, CLIPTokenizer, dict], None]
+
+
+def sd1_modules(tokenizer: CLIPTokenizer) -> dict[str, torch.nn.Module]:
+    return {"unet": make_unet(), "text_encoder": make_text_encoder(tokenizer)}
+
+
+def sd1_conditioner(modules: dict, tokenizer: CLIPTokenizer):
+    def condition(captions: list[str], rng: np.random.Generator) -> dict:
+        ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True,
+                        return_tensors="pt").input_ids
+        return {"encoder_hidden_states": modules["text_encoder"](ids).last_hidden_state}
+    return condition
+
+
+def save_sd1(folder: Path, vae, tokenizer, modules: dict) -> None:
+    save_pipeline(folder, vae, modules["text_encoder"], tokenizer, modules["unet"])
+
+
+SD1 = DiffusionRecipe(make=sd1_modules, conditioner=sd1_conditioner, save=save_sd1)
+
+
 def train_diffusion(vae, tokenizer, steps: int, batch: int, seed: int, log, checkpoint=None,
-                    schedule_steps: int | None = None):
-    """Text encoder and UNet trained jointly from scratch with the ordinary denoising loss.
+                    schedule_steps: int | None = None, recipe: DiffusionRecipe = SD1) -> dict[str, torch.nn.Module]:
+    """The recipe's modules (UNet and text encoders) trained jointly from scratch with the ordinary denoising
+    loss; returns their EMA copies by name.
 
     `schedule_steps` is the cosine learning-rate horizon (default: `steps`); training may stop
     before it.
     """
     torch.manual_seed(seed)
     rng, prng = np.random.default_rng(seed + 1), random.Random(seed + 1)
-    unet, text_encoder = make_unet(), make_text_encoder(tokenizer)
-    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    modules = recipe.make(tokenizer)
+    ema = {name: copy.deepcopy(module).eval() for name, module in modules.items()}
+    condition = recipe.conditioner(modules, tokenizer)
     noise_sched = DDIMScheduler(**scheduler_config())
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = [p for module in modules.values() for p in module.parameters()]
     opt = torch.optim.AdamW(params, lr=6e-4, weight_decay=0.01)
     horizon = schedule_steps or steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, horizon, 200))
@@ -149,26 +186,23 @@ def train_diffusion(vae, tokenizer, steps: int, batch: int, seed: int, log, chec
         x, captions = sample_batch(rng, prng, batch, UNCOND_RATE)
         with torch.no_grad():
             latents = vae.encode(x).latent_dist.mean * scale
-        ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True,
-                        return_tensors="pt").input_ids
         noise = torch.randn_like(latents)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,))
         noisy = noise_sched.add_noise(latents, noise, t)
-        context = text_encoder(ids).last_hidden_state
-        loss = F.mse_loss(unet(noisy, t, context).sample, noise)
+        loss = F.mse_loss(modules["unet"](noisy, t, **condition(captions, rng)).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         decay = min(0.999, (1 + step) / (10 + step))
-        ema_update(ema_unet, unet, decay)
-        ema_update(ema_text, text_encoder, decay)
+        for name, module in modules.items():
+            ema_update(ema[name], module, decay)
         if step % 100 == 0 or step == steps - 1:
             log(f"diffusion step {step}/{steps} loss {loss.item():.4f} ({time.time() - started:.0f}s)")
         if checkpoint and step > 0 and step % 1000 == 0:
-            checkpoint(ema_unet, ema_text, step)
-    return ema_unet, ema_text
+            checkpoint(ema, step)
+    return ema
 
 
 def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet) -> None:
@@ -180,6 +214,22 @@ def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
+def toy_tokenizer() -> CLIPTokenizer:
+    """The toy world's tokenizer, learned from its vocabulary (deterministic)."""
+    with tempfile.TemporaryDirectory() as tok_dir:
+        write_tokenizer(vocabulary_words(), Path(tok_dir))
+        return CLIPTokenizer.from_pretrained(tok_dir)
+
+
+def build_info(command: str, seed: int, batch: int, timings: dict, started: float, **settings) -> dict:
+    """What a build ran, how long it took and where (written beside the model)."""
+    return {
+        "command": command, "seed": seed, **settings, "batch": batch, **{k: round(v, 1) for k, v in timings.items()},
+        "total_seconds": round(time.time() - started, 1), "device": f"cpu ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads)", "torch": torch.__version__,
+    }
+
+
 def build(out: Path, vae_steps: int = 600, diffusion_steps: int = 7000, batch: int = 64,
           judge_steps: int = 1200, seed: int = 0, log=print, checkpoint_dir: Path | None = None,
           schedule_steps: int | None = None) -> dict:
@@ -187,36 +237,30 @@ def build(out: Path, vae_steps: int = 600, diffusion_steps: int = 7000, batch: i
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.time()
-    with tempfile.TemporaryDirectory() as tok_dir:
-        write_tokenizer(vocabulary_words(), Path(tok_dir))
-        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    tokenizer = toy_tokenizer()
     vae = train_vae(vae_steps, 32, seed, log)
     timings["vae_seconds"] = time.time() - t0
 
     model_dir = out / "model"
 
-    def checkpoint(unet, text_encoder, step):
-        save_pipeline(checkpoint_dir / f"checkpoint-{step}", vae, text_encoder, tokenizer, unet)
+    def checkpoint(modules, step):
+        save_sd1(checkpoint_dir / f"checkpoint-{step}", vae, tokenizer, modules)
 
     t1 = time.time()
-    unet, text_encoder = train_diffusion(vae, tokenizer, diffusion_steps, batch, seed, log,
-                                         checkpoint if checkpoint_dir else None, schedule_steps)
+    modules = train_diffusion(vae, tokenizer, diffusion_steps, batch, seed, log,
+                              checkpoint if checkpoint_dir else None, schedule_steps)
     timings["diffusion_seconds"] = time.time() - t1
-    save_pipeline(model_dir, vae, text_encoder, tokenizer, unet)
+    save_sd1(model_dir, vae, tokenizer, modules)
 
     t2 = time.time()
     judge = judge_mod.train_judge(vae, judge_steps, seed, log)
     judge_mod.save_judge(judge, out / "judge.safetensors")
     timings["judge_seconds"] = time.time() - t2
 
-    info = {
-        "command": f"python -m erasure_core toyworld-train --steps {diffusion_steps} --vae-steps {vae_steps} "
-                   f"--judge-steps {judge_steps}" + (f" --schedule-steps {schedule_steps}" if schedule_steps else ""),
-        "seed": seed, "vae_steps": vae_steps, "diffusion_steps": diffusion_steps,
-        "lr_schedule_steps": schedule_steps or diffusion_steps, "batch": batch,
-        "judge_steps": judge_steps, **{k: round(v, 1) for k, v in timings.items()},
-        "total_seconds": round(time.time() - t0, 1), "device": f"cpu ({platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads)", "torch": torch.__version__,
-    }
+    info = build_info(
+        f"python -m erasure_core toyworld-train --steps {diffusion_steps} --vae-steps {vae_steps} "
+        f"--judge-steps {judge_steps}" + (f" --schedule-steps {schedule_steps}" if schedule_steps else ""),
+        seed, batch, timings, t0, vae_steps=vae_steps, diffusion_steps=diffusion_steps,
+        lr_schedule_steps=schedule_steps or diffusion_steps, judge_steps=judge_steps)
     (out / "build_info.json").write_text(json.dumps(info, indent=2))
     return info

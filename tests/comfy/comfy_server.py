@@ -52,8 +52,10 @@ class Comfy:
 
     def run(self, prompt: dict) -> dict:
         """Queue `prompt`, wait for it, return its history entry (fails with the server's error)."""
-        prompt_id = self.post("/prompt", {"prompt": prompt, "client_id": "concept-eraser-test"})["prompt_id"]
-        return self.finished(prompt_id)
+        answer = self.post("/prompt", {"prompt": prompt, "client_id": "concept-eraser-test"})
+        # ComfyUI runs the output nodes that validate and lists the others here: a test wants them all
+        assert not answer.get("node_errors"), json.dumps(answer["node_errors"])[:2000]
+        return self.finished(answer["prompt_id"])
 
     def finished(self, prompt_id: str) -> dict:
         """Wait for `prompt_id`'s history entry (written a moment after the websocket's last event)."""
@@ -154,6 +156,9 @@ def start(base: Path):
     for sub in ("models/checkpoints", "models/loras", "input", "output", "custom_nodes"):
         (base / sub).mkdir(parents=True)
     (base / "custom_nodes" / "concept_eraser").symlink_to(REPO, target_is_directory=True)
+    # test-only: an SDXL-architecture toy as MODEL/CLIP/VAE (ComfyUI's loaders detect SDXL at full size only)
+    (base / "custom_nodes" / "concept_eraser_test_toy_xl").symlink_to(Path(__file__).parent / "toy_xl_node",
+                                                                       target_is_directory=True)
     started = time.time()
     checkpoints.write_checkpoint(base / "models/checkpoints/v1-5-pruned-emaonly.safetensors")
     print(f"model files written in {time.time() - started:.1f} s")

@@ -62,6 +62,18 @@ def tiny(comfy_env, toy_diffusers):
 
 
 @pytest.fixture(scope="session")
+def tiny_xl(comfy_env, toy_xl_model):
+    """(MODEL, CLIP, VAE): an SDXL-architecture toy (tests/conftest.py: toy_xl_dir) in ComfyUI's SDXL model and
+    CLIP classes, and its VAE in ComfyUI's."""
+    from erasure_core.backends.comfy_toyworld import build_vae, build_xl_clip, build_xl_model
+
+    return (build_xl_model(toy_xl_model.unet, toy_xl_model.vae_scale),
+            build_xl_clip(toy_xl_model.text_encoder, toy_xl_model.text_encoder_2,
+                          Path(toy_xl_model.source) / "tokenizer"),
+            build_vae(toy_xl_model.vae))
+
+
+@pytest.fixture(scope="session")
 def comfy(comfy_env, tmp_path_factory):
     """One ComfyUI server for the server and browser tests (start-up is the slow part)."""
     import comfy_server
