@@ -297,7 +297,7 @@ def run_method(model, spec: dict, on_step) -> dict:
     config_cls, erase = METHODS[spec["loop"]]
     opts = method_options(spec["world"], spec["loop"], model.latent_shape[1], spec["batch"], spec["steps"],
                           spec["short_setup"])
-    opts.update(group=spec["group"], **spec.get("options", {}))
+    opts.update({"group": spec["group"], **spec.get("options", {})})  # a row's own group wins
     config = config_cls(**opts)
     config.validate()
     plan = plan_memory(model, spec["loop"], config, available=None)
@@ -635,6 +635,7 @@ def gpu_plan_table(rows: list[dict], card_gib: float = 8.0) -> list[str]:
     for r in rows:
         lines.append(f"| {r['method']} | {r['settings']} | {gib(r['plan_bytes'])} | {gib(r['fitted_bytes'])} "
                      f"| {', '.join(r['changes']) or 'nothing'} |")
+    return lines
 
 
 def sdxl_section(rows: list[dict], plans: list[dict]) -> list[str]:
