@@ -34,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 
 from .conditioning import Conditioning
 from .errors import ErasureInputError
-from .trainable import select_modules
+from .trainable import select_modules, trained_numel
 
 GiB = 2**30
 # Peak memory of a training step over the activations autograd saves: the backward pass's gradients, the
@@ -96,18 +96,6 @@ def module_bytes(module: nn.Module | None) -> int:
     if module is None:
         return 0
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
-
-
-def trained_numel(unet: nn.Module, group: str, rank: int | None) -> int:
-    """Weights the optimiser updates: the group's full weights and biases, or rank x (out + in) per LoRA layer."""
-    total = 0
-    for _, module in select_modules(unet, group):
-        w = module.weight
-        if rank is None:
-            total += w.numel() + (module.bias.numel() if module.bias is not None else 0)
-        else:
-            total += rank * (w.shape[0] + w[0].numel())
-    return total
 
 
 def compute_dtype(device: torch.device, precision: str) -> torch.dtype:

@@ -180,15 +180,21 @@ def weight_deltas(original: nn.Module, tuned: nn.Module, group: str) -> dict[str
     return deltas
 
 
-def delta_bytes(unet: nn.Module, group: str, rank: int | None = None) -> int:
-    """Bytes of the float32 tensors an erasure of `group` saves: full deltas (weights and biases) or, with
-    `rank`, LoRA pairs (rank x (out + in) each, plus alpha). Used to check the disk before training."""
+def trained_numel(unet: nn.Module, group: str, rank: int | None) -> int:
+    """Weights the optimiser updates: the group's full weights and biases, or rank x (out + in) per LoRA layer."""
     total = 0
     for _, module in select_modules(unet, group):
         w = module.weight
         if rank is None:
             total += w.numel() + (module.bias.numel() if module.bias is not None else 0)
         else:
-            total += rank * (w.shape[0] + w[0].numel()) + 1
-    return 4 * total
+            total += rank * (w.shape[0] + w[0].numel())
+    return total
+
+
+def delta_bytes(unet: nn.Module, group: str, rank: int | None = None) -> int:
+    """Bytes of the float32 tensors an erasure of `group` saves: full deltas (weights and biases) or, with
+    `rank`, LoRA pairs plus one alpha each. Used to check the disk before training."""
+    alphas = 0 if rank is None else len(select_modules(unet, group))
+    return 4 * (trained_numel(unet, group, rank) + alphas)
 
