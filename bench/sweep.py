@@ -1,30 +1,33 @@
-"""One method, several settings, one task of bench/quality.py: how the defaults are chosen.
+"""One row of bench/quality.py, several settings, one tuning concept: how the defaults are chosen.
 
-    python bench/sweep.py --task style --method dt --row grid=4 --row grid=8 --row grid=16 [--out FILE.md]
+    python bench/sweep.py --concept circle --row dt --set group=cross_attn,lr=5e-4 --set rank=8,lr=1e-3 [--out FILE.md]
 
-Each --row is the method's bench/quality.py settings with comma-separated overrides
-(`name=value`, values read as Python literals), scored with the same prompts, seeds and judge.
+Each --set is the row's bench/quality.py settings (the defaults for the concept's kind) with comma-separated
+overrides (`name=value`, values read as Python literals), scored with the same prompts, seeds and judge. Only the
+tuning concepts (erasure_core/toyworld/splits.py) may be swept: settings chosen on a held-out concept would make
+the quality table's held-out columns measure the concepts they were fitted on.
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import TASKS, method_settings  # noqa: E402
+from quality import ROWS, ConceptRun, fmt, measure, misses  # noqa: E402
 
-from erasure_core.methods import METHODS  # noqa: E402
+from erasure_core.errors import ErasureInputError  # noqa: E402
 from erasure_core.model import load_diffusers_model  # noqa: E402
 from erasure_core.toyworld import JUDGE_PATH, MODEL_DIR  # noqa: E402
 from erasure_core.toyworld import evaluate as toy_eval  # noqa: E402
 from erasure_core.toyworld.judge import load_judge  # noqa: E402
+from erasure_core.toyworld.splits import require_tuning  # noqa: E402
 
-COLUMNS = ("erased_rate", "preserved_acc", "divergence", "paraphrase_erased_rate")
+COLUMNS = ("erased_rate", "paraphrase_erased_rate", "preserved_acc", "preserved_drop", "kept_rate", "alt_hit_rate",
+           "divergence")
 
 
 def parse_overrides(text: str) -> dict:
@@ -41,35 +44,34 @@ def parse_overrides(text: str) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=sorted(TASKS), default="object")
-    parser.add_argument("--method", default="dt", help="a row of bench/quality.py: esd, dt, cg or cg_alt")
-    parser.add_argument("--row", action="append", default=[], help="overrides, e.g. grid=16,lr=1e-4 (repeatable)")
-    parser.add_argument("--out", help="also write the table to this markdown file")
+    parser.add_argument("--concept", default="circle", help="a tuning concept: circle, striped or green")
+    parser.add_argument("--row", default="dt", help=f"a row of bench/quality.py: {', '.join(r.name for r in ROWS)}")
+    parser.add_argument("--set", dest="sets", action="append", default=[],
+                        help="overrides, e.g. grid=16,lr=1e-4 (repeatable)")
+    parser.add_argument("--out", help="also write the table to this markdown file (rewritten after every setting)")
+    parser.add_argument("--images", help="keep every drawn image set in this folder and reuse it when there: run the "
+                        "same sweep again to score it with another judge without training again")
     args = parser.parse_args(argv)
-    method, base = method_settings(args.task)[args.method]
-    concept = TASKS[args.task][0]
+    try:
+        concept = toy_eval.parse_concept(args.concept)[1]
+        require_tuning([concept])
+    except ErasureInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    row = next(r for r in ROWS if r.name == args.row)
     model, judge = load_diffusers_model(MODEL_DIR), load_judge(JUDGE_PATH)
-    eval_set = toy_eval.make_eval_set(concept)
-    original = toy_eval.generate(model, eval_set)
-    before = toy_eval.score(judge, eval_set, original)
-    lines = [f"`python bench/sweep.py --task {args.task} --method {args.method} "
-             + " ".join(f"--row {r}" for r in args.row) + "`", "",
-             f"Erase {concept!r} ({args.task} task); original: erased {before['erased_rate']:.3f}, "
-             f"preserved {before['preserved_acc']:.3f}.", "",
-             "| overrides | " + " | ".join(COLUMNS) + " | train s |", "|" + "---|" * (len(COLUMNS) + 2)]
-    for row in args.row or [""]:
-        config_cls, erase = METHODS[method]
-        started = time.time()
-        result = erase(model, config_cls(**{**base, **parse_overrides(row)}))
-        score = toy_eval.score(judge, eval_set, toy_eval.generate(model, eval_set, unet=result.tuned_unet),
-                               before=original)
-        lines.append(f"| {row or '(bench settings)'} | " + " | ".join(f"{score[c]:.3f}" for c in COLUMNS)
-                     + f" | {result.seconds:.0f} |")
-        print(lines[-1], f"({time.time() - started:.0f} s with scoring)", flush=True)
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        Path(args.out).write_text(table)
+    run = ConceptRun(concept, toy_eval.make_eval_set(concept), Path(args.images) if args.images else None)
+    lines = [f"`python bench/sweep.py --concept {concept} --row {row.name} "
+             + " ".join(f"--set {s}" for s in args.sets) + "`", "",
+             "| overrides | " + " | ".join(COLUMNS) + " | train s | misses |", "|" + "---|" * (len(COLUMNS) + 3)]
+    for text in args.sets or [""]:
+        record = measure(model, judge, run, row, tuple(parse_overrides(text).items()))
+        lines.append(f"| {text or '(defaults)'} | " + " | ".join(fmt(record[c]) for c in COLUMNS)
+                     + f" | {record['seconds']:.0f} | {', '.join(misses(record)) or '-'} |")
+        print(lines[-1], record["becomes"], flush=True)
+        if args.out:
+            Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
     return 0
 
 

@@ -34,29 +34,40 @@ def _load_model(path: str | None, config: str | None, device: str, dtype: str = 
     return load_diffusers_model(model_path, device=device, config=config, dtype=weights), is_toy
 
 
+REPORT_ROWS = (("erased rate (concept still seen)", "erased_rate"), ("erased rate on paraphrases", "paraphrase_erased_rate"),
+               ("preserved accuracy (without any)", "preserved_acc"), ("kept attributes", "kept_rate"),
+               ("alternative hit rate", "alt_hit_rate"))
+
+
 def print_report(report: dict) -> None:
-    rows = [("erased rate (concept still seen)", "erased_rate"), ("preserved accuracy", "preserved_acc"),
-            ("erased rate on paraphrases", "paraphrase_erased_rate"), ("alternative hit rate", "alt_hit_rate")]
-    print(f"\n{'metric':36s} {'before':>8s} {'after':>8s}")
-    for label, key in rows:
-        b, a = report.get(f"{key}_before"), report.get(f"{key}_after")
-        if a is None:
-            continue
-        print(f"{label:36s} {b if b is not None else float('nan'):8.3f} {a:8.3f}")
-    if report.get("divergence") is not None:
-        print(f"{'divergence (mean |after-before|)':36s} {'':>8s} {report['divergence']:8.4f}")
+    """The before/after table: one block per concept of the run."""
+    for warning in report.get("warnings", []):
+        print(f"warning: {warning}")
+    for concept, scores in (report.get("per_concept") or {report["concept"]: report}).items():
+        print(f"\n{concept!r:36s} {'before':>8s} {'after':>8s}")
+        for label, key in REPORT_ROWS:
+            b, a = scores.get(f"{key}_before"), scores.get(f"{key}_after")
+            if a is not None:
+                print(f"{label:36s} {b if b is not None else float('nan'):8.3f} {a:8.3f}")
+        if scores.get("divergence") is not None:
+            print(f"{'divergence (mean |after-before|)':36s} {'':>8s} {scores['divergence']:8.4f}")
+        if scores.get("becomes_after"):
+            print(f"{'concept prompts now show':36s} " + ", ".join(f"{k.replace('_', ' ')} {v}"
+                                                                  for k, v in scores["becomes_after"].items()))
     print(f"{'training':36s} {report['steps']} steps, {report['seconds']} s (whole job {report['total_seconds']} s)\n")
 
 
 def cmd_erase(args) -> int:
+    from .defaults import options_for
     from .jobs import run_erasure
     from .methods import METHODS
-    from .toyworld import evaluate as toy_eval
 
     control = _load_control(args)  # checked before any work
     model, is_toy = _load_model(args.model, args.config, args.device, args.dtype)
     config_cls = METHODS[args.method][0]
-    options = {k: v for k, v in vars(args).items() if v is not None and k in config_cls.__dataclass_fields__}
+    # The defaults for the concepts' kind (on the toy world also its own prompts), then the flags given.
+    options = options_for(args.method, args.concept, args.kind, toy=is_toy)
+    options.update({k: v for k, v in vars(args).items() if v is not None and k in config_cls.__dataclass_fields__})
     if args.checkpointing is not None:
         options["checkpointing"] = {"auto": "auto", "on": True, "off": False}[args.checkpointing]
     if args.rank == 0:
@@ -64,14 +75,6 @@ def cmd_erase(args) -> int:
     options["concepts"] = args.concept
     if args.alternative:
         options["alternatives"] = args.alternative
-    if is_toy:
-        # The toy world knows its own prompts: train on every combination the concept appears in, and (DT)
-        # with the grid and layers measured for the concept's kind.
-        toy = toy_eval.toy_options(args.concept)
-        if args.method == "dt":
-            toy.update(toy_eval.dt_kind_options(args.concept[0]))
-        for key, value in toy.items():
-            options.setdefault(key, value)
     config = config_cls(**options)
     if args.plan_only:
         from .memory import plan_memory
@@ -176,30 +179,35 @@ def cmd_demo(args) -> int:
 
 
 def demo_dt_options(concept: str = "circle", steps: int | None = None) -> dict:
-    """The demo's DT erasure on the toy world (settings measured in the README)."""
-    from .toyworld import evaluate as toy_eval
+    """The demo's DT erasure on the toy world: the defaults for the concept's kind, seed 0."""
+    from .defaults import options_for
 
-    return dict(concepts=[concept], **toy_eval.toy_options([concept]), **toy_eval.dt_kind_options(concept),
-                steps=steps or 300, batch_size=16, images_per_prompt=2, seed=0)
+    options = dict(concepts=[concept], **options_for("dt", [concept], toy=True), seed=0)
+    if steps:
+        options["steps"] = steps
+    return options
 
 
 def cmd_toy_eval(args) -> int:
     from . import figures
     from .jobs import write_json
     from .toyworld.evaluate import EVAL_GUIDANCE, EVAL_STEPS, generation_accuracy, sample_grid
-    from .toyworld.judge import heldout_accuracy
+    from .toyworld.judge import heldout_accuracy, negative_accuracy
 
     from .toyworld import XL_MODEL_DIR
 
     model, _ = _load_model(str(XL_MODEL_DIR) if args.xl else None, None, "cpu")
     judge = _toy_judge()
     judge_acc = heldout_accuracy(judge)
+    negatives = negative_accuracy(judge)
     gen = generation_accuracy(model, judge, seeds_per_scene=args.seeds_per_scene)
     images, scenes = gen.pop("images"), gen.pop("scenes")
     del gen["prompts"]
-    table = {"judge_acc": min(judge_acc.values()), "judge_acc_by_head": judge_acc, **gen,
-             "sampler": f"DDIM {EVAL_STEPS} steps, CFG {EVAL_GUIDANCE}", "model": "xl" if args.xl else "sd1"}
+    table = {"judge_acc": min(judge_acc.values()), "judge_acc_by_head": judge_acc, "judge_negatives": negatives,
+             **gen, "sampler": f"DDIM {EVAL_STEPS} steps, CFG {EVAL_GUIDANCE}", "model": "xl" if args.xl else "sd1"}
     print(f"{'judge accuracy (held-out, worst head)':40s} {table['judge_acc']:.3f}  {judge_acc}")
+    for key, value in negatives.items():
+        print(f"{'judge: ' + key.replace('_', ' ') + ' (worst case)':40s} {value:.3f}")
     for key in ("gen_shape_acc", "gen_color_acc", "gen_style_acc"):
         print(f"{key:40s} {table[key]:.3f}")
     print(f"{'samples':40s} {table['samples']}")
@@ -242,7 +250,11 @@ def cmd_toy_train(args) -> int:
         torch.set_num_threads(args.threads)  # the build is deterministic for one machine and thread count
     log = lambda m: print(m, flush=True)  # noqa: E731
     checkpoints = Path(args.checkpoints) if args.checkpoints else None
-    if args.xl:
+    if args.judge_only:
+        from .toyworld.build import build_judge
+
+        info = build_judge(Path(args.out) if args.out else ASSETS, judge_steps=args.judge_steps, log=log)
+    elif args.xl:
         from .toyworld.build_xl import build_xl
 
         info = build_xl(Path(args.out) if args.out else XL_ASSETS, diffusion_steps=args.steps,
@@ -292,9 +304,14 @@ def main(argv=None) -> int:
     demo.set_defaults(fn=cmd_demo)
 
     erase = sub.add_parser("erase", help="erase one or more concepts from a model")
-    erase.add_argument("--method", choices=["dt", "cg", "esd"], required=True)
+    erase.add_argument("--method", choices=["dt", "cg", "esd", "ca", "uce"], required=True,
+                       help="dt, cg, or a baseline: esd, ca (Concept Ablation), uce (closed-form edit)")
     erase.add_argument("--concept", action="append", required=True, help="concept to erase (repeat for several)")
     erase.add_argument("--alternative", action="append", help="what each concept turns into (repeatable)")
+    erase.add_argument("--kind", choices=["object", "style", "color"],
+                       help="what the concept is; picks the defaults (default: as the words tell, else object)")
+    erase.add_argument("--degeneration", choices=["scramble", "desaturate"],
+                       help="DT: what the concept's images become (desaturate: for a colour)")
     erase.add_argument("--model", help="SD1.x or SDXL diffusers folder, or single-file .safetensors with --config "
                        "(default: the toy world; the XL toy world, where built: erasure_core/toyworld/assets/xl/model)")
     erase.add_argument("--config", help="local diffusers folder describing a single-file checkpoint")
@@ -307,7 +324,7 @@ def main(argv=None) -> int:
     erase.add_argument("--drift-weight", dest="drift_weight", type=float, help="CG: λ on the unconditional drift")
     erase.add_argument("--eta", type=float, help="ESD: negative-guidance strength")
     erase.add_argument("--preserve-weight", dest="preserve_weight", type=float,
-                       help="DT, CG: weight of the preservation term (DT 4, CG 10)")
+                       help="DT, CG, CA: weight of the preservation term")
     erase.add_argument("--batch-size", dest="batch_size", type=int)
     erase.add_argument("--seed", type=int)
     erase.add_argument("--preserve", dest="preserve_prompts", action="append", help="prompt to preserve (repeatable)")
@@ -360,12 +377,14 @@ def main(argv=None) -> int:
     tr.add_argument("--out", help="folder (default: the shipped assets folder)")
     tr.add_argument("--steps", type=int, default=7000)
     tr.add_argument("--vae-steps", type=int, default=600)
-    tr.add_argument("--judge-steps", type=int, default=1200)
+    tr.add_argument("--judge-steps", type=int, default=3000)
     tr.add_argument("--schedule-steps", type=int, help="learning-rate horizon if longer than --steps")
     tr.add_argument("--xl", action="store_true", help="the SDXL-architecture toy (its UNet and two text encoders, "
                     "on the SD1 toy's VAE; default folder assets/xl)")
     tr.add_argument("--threads", type=int, help="CPU threads (default: torch's); build_info.json records them")
     tr.add_argument("--checkpoints", help="folder for a diffusers checkpoint of the EMA weights every 1000 steps")
+    tr.add_argument("--judge-only", dest="judge_only", action="store_true",
+                    help="retrain only the judge, on the VAE already in the folder")
     tr.set_defaults(fn=cmd_toy_train)
 
     cn = sub.add_parser("toyworld-train-controlnet", help="rebuild the toy world's ControlNet (deterministic)")

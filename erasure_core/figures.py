@@ -36,15 +36,15 @@ def labelled_rows(rows: list[tuple[str, torch.Tensor]], scale: int = 3, pad: int
     return canvas
 
 
-def comparison_grid(path: Path, concept_before, concept_after, other_before, other_after, concept: str,
+def comparison_grid(path: Path, concepts: list[tuple[str, torch.Tensor, torch.Tensor]], other_before, other_after,
                     columns: int = 8) -> Path:
-    """Rows: prompts with the concept before/after, prompts without it before/after (same seeds)."""
-    rows = [
-        (f"with '{concept}'\nbefore", concept_before[:columns]),
-        (f"with '{concept}'\nafter", concept_after[:columns]),
-        ("without it\nbefore", other_before[:columns]),
-        ("without it\nafter", other_after[:columns]),
-    ]
+    """Rows: for each concept (name, before, after) its prompts before and after; then the prompts without any of
+    them before and after (same seeds)."""
+    rows = []
+    for concept, before, after in concepts:
+        rows += [(f"with '{concept}'\nbefore", before[:columns]), (f"with '{concept}'\nafter", after[:columns])]
+    label = "without it" if len(concepts) == 1 else "without any"
+    rows += [(f"{label}\nbefore", other_before[:columns]), (f"{label}\nafter", other_after[:columns])]
     return save_png(labelled_rows(rows), path)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +38,16 @@ class ReportImages:
     other_before: torch.Tensor | None = None
     concept_after: torch.Tensor | None = None
     other_after: torch.Tensor | None = None
+    concept_of: list[str] = field(default_factory=list)  # the concept each concept prompt shows (in order)
+
+    def rows_per_concept(self, columns: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """(concept, before, after) for every concept of the run, `columns` images of each spread over its prompts."""
+        rows = []
+        for concept in dict.fromkeys(self.concept_of):
+            index = [i for i, c in enumerate(self.concept_of) if c == concept]
+            rows.append((concept, figures.spread(self.concept_before[index], columns),
+                         figures.spread(self.concept_after[index], columns)))
+        return rows
 
 
 @dataclass
@@ -68,13 +78,39 @@ def write_json(path: Path, data: dict) -> Path:
     return Path(path)
 
 
+SCORE_KEYS = ("erased_rate", "paraphrase_erased_rate", "preserved_acc", "kept_rate", "alt_hit_rate")
+# How to sum up several concepts in one number: the worst of them.
+WORST = {"erased_rate": max, "paraphrase_erased_rate": max, "preserved_acc": min, "kept_rate": min,
+         "alt_hit_rate": min, "divergence": max}
+
+
+def worst_case(per_concept: dict[str, dict]) -> dict:
+    """Each score of a multi-concept run as its worst value over the concepts (None where no concept has it)."""
+    keys = [f"{k}_{when}" for k in SCORE_KEYS for when in ("before", "after")] + ["divergence"]
+    out = {}
+    for key in keys:
+        values = [scores[key] for scores in per_concept.values() if scores.get(key) is not None]
+        pick = WORST[key.removesuffix("_before").removesuffix("_after")]
+        out[key] = pick(values) if values else None
+    return out
+
+
 def sample_report(model, config: EraseConfig, settings: ReportSettings) -> ReportImages | None:
-    """The original model's report images (None when the settings ask for none)."""
+    """The original model's report images (None when the settings ask for none): every concept's first prompts,
+    then the prompts without any of them."""
     if settings.steps <= 0:
         return None
-    concept_prompts = settings.concept_prompts or config.concept_prompts(config.concepts[0])[:REPORT_PROMPTS]
+    if settings.concept_prompts:
+        concept_prompts, concept_of = list(settings.concept_prompts), [", ".join(config.concepts)] * len(
+            settings.concept_prompts)
+    else:
+        concept_prompts, concept_of = [], []
+        for concept in config.concepts:
+            prompts = config.concept_prompts(concept)[:REPORT_PROMPTS]
+            concept_prompts += prompts
+            concept_of += [concept] * len(prompts)
     other_prompts = settings.other_prompts or (list(config.preserve_prompts) or GENERIC_PRESERVE)[:REPORT_PROMPTS]
-    images = ReportImages(list(concept_prompts), list(other_prompts))
+    images = ReportImages(concept_prompts, list(other_prompts), concept_of=concept_of)
     images.concept_before, images.other_before = report_pass(model, config, settings, images, None, "before")
     return images
 
@@ -82,9 +118,11 @@ def sample_report(model, config: EraseConfig, settings: ReportSettings) -> Repor
 def report_pass(model, config: EraseConfig, settings: ReportSettings, images: ReportImages, unet, when: str):
     """(concept images, other images) of the report's prompts through `unet` (None: the original's).
 
-    Each group's seeds count from 0, so a prompt gets the same noise before and after."""
+    Each prompt's seed is its place among the prompts of its concept (or among the others), so a prompt gets
+    the same noise before and after."""
     prompts = images.concept_prompts + images.other_prompts
-    seeds = list(range(len(images.concept_prompts))) + list(range(len(images.other_prompts)))
+    seeds = [images.concept_of[:i].count(c) for i, c in enumerate(images.concept_of)]
+    seeds += list(range(len(images.other_prompts)))
     drawn = sample_images(model, prompts, seeds, unet=unet, steps=settings.steps, guidance=config.guidance,
                           desc=f"sampling the '{when}' images",
                           latent_shape=latent_shape_for(model, settings.image_size, "report image size"))
@@ -98,6 +136,8 @@ def run_erasure(model, method: str, config: EraseConfig, out_dir: str | Path | N
                 save: Callable[[ErasureResult], Path] | None = None) -> JobOutput:
     """Erase with `method`; with `judge` (toy world) score before/after; write files into `out_dir`.
 
+    Every concept of the run is measured and drawn: on the toy world, each concept's prompts, and the prompts that
+    show none of the run's concepts (preserved accuracy).
     The before/after images follow `report_settings` (with a judge: the toy world's evaluation set).
     `save(result) -> path` writes the erasure file where a host wants it (default: `out_dir`), so it
     is stored once. Each phase is reported through erasure_core.progress; training steps through
@@ -139,21 +179,25 @@ def output_path(out_dir: str | Path, config: EraseConfig, method: str, model=Non
 
 def _run(model, method, erase, config, out_dir, erasure_path, judge, progress, should_cancel, log, plan,
          control, settings, save) -> JobOutput:
-    concept = config.concepts[0]
     started = time.time()
     report: dict = {"method": method, "concept": ", ".join(config.concepts),
-                    "alternative": ", ".join(a for a in config.alternatives if a) or None}
+                    "alternative": ", ".join(a for a in config.alternatives if a) or None,
+                    "warnings": config.warnings()}
+    for warning in report["warnings"]:
+        log(f"warning: {warning}")
 
     if judge is not None:
         from .toyworld import evaluate as toy_eval
 
-        eval_sets = [toy_eval.make_eval_set(c) for c in config.concepts]
+        eval_sets = [toy_eval.make_eval_set(c, erased=config.concepts) for c in config.concepts]
         log(f"measuring the original model on {sum(len(e.concept_prompts) + len(e.other_prompts) for e in eval_sets)} "
             "prompts")
         report_progress("sampling the 'before' images", 0, 1)
         befores = [toy_eval.generate(model, e) for e in eval_sets]
-        images = ReportImages(list(eval_sets[0].concept_prompts), list(eval_sets[0].other_prompts),
-                              befores[0].concept, befores[0].other)
+        images = ReportImages([p for e in eval_sets for p in e.concept_prompts], list(eval_sets[0].other_prompts),
+                              torch.cat([b.concept for b in befores]),
+                              befores[0].other,  # the same prompts for every concept: those with none of them
+                              concept_of=[c for c, e in zip(config.concepts, eval_sets) for _ in e.concept_prompts])
     else:
         images = sample_report(model, config, settings)
 
@@ -162,25 +206,26 @@ def _run(model, method, erase, config, out_dir, erasure_path, judge, progress, s
     report.update(seconds=round(result.seconds, 1), steps=result.steps, final_loss=round(result.losses[-1], 5))
 
     if judge is not None:
-        per_concept = {}
+        per_concept, concept_after = {}, []
         report_progress("sampling the 'after' images", 0, 1)
         for eval_set, before, name, alt in zip(eval_sets, befores, config.concepts, config.alternatives):
             after = toy_eval.generate(model, eval_set, unet=result.tuned_unet)
             score_before = toy_eval.score(judge, eval_set, before, alternative=alt)
             score_after = toy_eval.score(judge, eval_set, after, before=before, alternative=alt)
-            scores = {"divergence": score_after["divergence"]}
-            for key in ("erased_rate", "preserved_acc", "paraphrase_erased_rate", "alt_hit_rate"):
+            scores = {"divergence": score_after["divergence"], "becomes_after": score_after["becomes"]}
+            for key in SCORE_KEYS:
                 scores[f"{key}_before"], scores[f"{key}_after"] = score_before[key], score_after[key]
             per_concept[name] = scores
-            if name == concept:
-                images.concept_after, images.other_after = after.concept, after.other
-        report.update(per_concept[concept])
-        if len(per_concept) > 1:
-            report["per_concept"] = per_concept
-        report["eval"] = {"concept_prompts": len(eval_sets[0].concept_prompts),
+            concept_after.append(after.concept)
+        images.concept_after, images.other_after = torch.cat(concept_after), after.other
+        report.update(worst_case(per_concept) if len(per_concept) > 1 else per_concept[config.concepts[0]])
+        report["per_concept"] = per_concept
+        report["eval"] = {"concept_prompts": {c: len(e.concept_prompts) for c, e in zip(config.concepts, eval_sets)},
                           "other_prompts": len(eval_sets[0].other_prompts),
-                          "paraphrase_prompts": len(eval_sets[0].paraphrase_prompts),
+                          "paraphrase_prompts": {c: len(e.paraphrase_prompts) for c, e in zip(config.concepts, eval_sets)},
                           "sampler": f"DDIM {toy_eval.EVAL_STEPS} steps, CFG {toy_eval.EVAL_GUIDANCE}"}
+        if len(per_concept) > 1:
+            report["eval"]["summary"] = "top-level scores: the worst concept's"
     elif images is not None:
         images.concept_after, images.other_after = report_pass(model, config, settings, images, result.tuned_unet,
                                                                "after")
@@ -211,14 +256,15 @@ def _run(model, method, erase, config, out_dir, erasure_path, judge, progress, s
             inside = erasure_path.parent.resolve() == out_dir.resolve()
             files["erasure"] = erasure_path.name if inside else str(erasure_path)
         if images is not None:
-            grid_path = figures.comparison_grid(
-                out_dir / "comparison.png", figures.spread(images.concept_before, 8),
-                figures.spread(images.concept_after, 8), figures.spread(images.other_before, 8),
-                figures.spread(images.other_after, 8), concept)
+            grid_path = figures.comparison_grid(out_dir / "comparison.png", images.rows_per_concept(8),
+                                                figures.spread(images.other_before, 8),
+                                                figures.spread(images.other_after, 8))
             files["grid"] = grid_path.name
         if controlled is not None:
-            control_grid_path = figures.comparison_grid(out_dir / "comparison_controlnet.png", concept=concept,
-                                                        **controlled)
+            control_grid_path = figures.comparison_grid(
+                out_dir / "comparison_controlnet.png",
+                [(config.concepts[0], controlled["concept_before"], controlled["concept_after"])],
+                controlled["other_before"], controlled["other_after"])
             files["controlnet_grid"] = control_grid_path.name
         report["files"] = files
         report_path = write_json(out_dir / "report.json", report)

@@ -17,20 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
 
+from . import defaults
 from .errors import ErasureCancelled, ErasureError, ErasureInputError, NonFiniteLoss
 
-# Kept here (not imported from the core) so that building the UI does not import torch;
-# tests check they match erasure_core.trainable.GROUPS and the methods' config defaults.
-GROUPS = ("cross_attn", "cross_attn_kv", "no_cross_attn", "all")
-METHOD_DEFAULTS = {
-    "dt": {"lr": 1e-3, "group": "all", "rank": 8, "steps": 200},
-    "cg": {"lr": 5e-4, "group": "cross_attn", "rank": 0, "steps": 200},
-    "esd": {"lr": 1e-4, "group": "cross_attn", "rank": 0, "steps": 200},
-}
+# The one source of defaults (erasure_core/defaults.py, torch-free like this module). The form starts from the
+# object settings; choosing a kind of concept or a method sets that method's settings for the kind.
+GROUPS = ("cross_attn", "cross_attn_kv", "no_cross_attn", "all")  # tests check it matches trainable.GROUPS
+METHOD_DEFAULTS = {method: defaults.settings(method) for method in defaults.SETTINGS}
 METHOD_HELP = (
     "**dt**: Degeneration-Tuning (the concept's prompt draws meaningless texture) · "
     "**cg**: classifier-guidance erasure, surgical, can turn the concept into an alternative · "
-    "**esd**: ESD, the baseline"
+    "**esd**, **ca** (Concept Ablation), **uce** (a closed-form edit, seconds): baselines"
 )
 GALLERY_CONCEPT_PROMPTS = 4  # how many prompts with the concept the before/after gallery shows
 GALLERY_OTHER_PROMPTS = 2  # and how many without it
@@ -92,40 +89,32 @@ def whole_number(field_name: str, value, minimum: int, fix: str) -> int:
     return int(number)
 
 
-def method_defaults(method: str) -> dict:
+def method_defaults(method: str, kind: str = "object") -> dict:
     if method not in METHOD_DEFAULTS:
         raise ErasureInputError("method", f"unknown method {method!r}", f"choose one of {', '.join(METHOD_DEFAULTS)}")
-    return METHOD_DEFAULTS[method]
+    return defaults.settings(method, kind if kind in defaults.KINDS else "object")
 
 
-def toy_options(method: str, concepts: list[str], preserve: list[str]) -> dict:
-    """On the toy world, train on every prompt the concept appears in (as the command line does)."""
+def toy_kind(concepts: list[str]) -> str:
+    """The kind of the toy world's concepts; one kind per run (its defaults differ by kind)."""
     from .toyworld import evaluate as toy_eval
 
     kinds = {toy_eval.parse_concept(c)[0] for c in concepts}  # raises a clear error for unknown words
     if len(kinds) > 1:
         raise ErasureInputError("concept", f"the toy world erases concepts of one kind at a time, got {sorted(kinds)}",
                                 "erase shapes, colours and styles in separate runs")
-    options = toy_eval.toy_options(concepts)
-    if preserve:
-        options["preserve_prompts"] = preserve
-    if method == "dt":
-        from .__main__ import demo_dt_options
-
-        demo = demo_dt_options(concepts[0])
-        # the measured toy settings the form has no field for (lr and group stay the form's)
-        options.update({k: demo[k] for k in ("batch_size", "images_per_prompt", "grid", "preserve_weight") if k in demo})
-    return options
+    return defaults.guess_kind(concepts)
 
 
 def build_config(method, concepts_text, alternative_text, preserve_text, steps, lr, group, rank, seed, toy=False,
-                 grid=None, sample_steps=None, batch_size=None):
+                 grid=None, sample_steps=None, batch_size=None, kind=None):
     """The method's config from the form's raw values; ErasureInputError names the field at fault.
 
-    `grid` (DT only): empty or 0 keeps the default (4; on the toy world, the setting measured for the
-    concept's kind). gradio shows an unset Number as 0, hence 0 = default, as for the LoRA rank.
+    The defaults for the concept's kind (`kind`, or on the toy world the kind its words name) under the form's
+    values. `grid` (DT only): empty or 0 keeps the default. gradio shows an unset Number as 0, hence 0 = default,
+    as for the LoRA rank.
     `sample_steps`: DDIM steps of the original model's own images/trajectories (empty: the default).
-    `batch_size`: rows per training step (empty or 0: the method's default; lower needs less memory).
+    `batch_size`: rows per training step (empty or 0: the kind's default; lower needs less memory).
     """
     from .methods import METHODS
 
@@ -140,19 +129,24 @@ def build_config(method, concepts_text, alternative_text, preserve_text, steps, 
         lr = float(lr)
     except (TypeError, ValueError):
         raise ErasureInputError("learning rate", f"{lr!r} is not a number", "use e.g. 1e-4") from None
-    options = dict(concepts=concepts, alternatives=alternatives, preserve_prompts=split_lines(preserve_text),
-                   steps=whole_number("steps", steps, 1, "use e.g. 200"), lr=lr, group=group,
+    if toy:
+        toy_kind(concepts)  # one kind per run on the toy world
+    kind = kind if kind in defaults.KINDS else None
+    options = defaults.options_for(method, concepts, kind, toy=toy)
+    options.update(concepts=concepts, alternatives=alternatives, lr=lr, group=group,
+                   steps=whole_number("steps", steps, 1, "use e.g. 300"),
                    rank=whole_number("LoRA rank", rank or 0, 0, "use 0 for full weights, or e.g. 4") or None,
                    seed=whole_number("seed", seed if seed not in (None, "") else 0, 0, "use e.g. 0"))
-    if toy:
-        options.update(toy_options(method, concepts, options["preserve_prompts"]))
+    preserve = split_lines(preserve_text)
+    if preserve:
+        options["preserve_prompts"] = preserve
     if sample_steps not in (None, ""):
         options["sample_steps"] = whole_number("sampling steps", sample_steps, 1, "use e.g. 25 (fewer is faster)")
     if batch_size not in (None, "", 0):
         options["batch_size"] = whole_number("batch size", batch_size, 1, "use e.g. 8 (lower needs less memory)")
     if method == "dt" and grid not in (None, "", 0):
         options["grid"] = whole_number("grid size", grid, 2, "use e.g. 4 for objects, finer for styles")
-    config = METHODS[method][0](**options)
+    config = METHODS[method][0](**{k: v for k, v in options.items() if k in METHODS[method][0].__dataclass_fields__})
     config.validate()
     return config
 
@@ -283,14 +277,19 @@ def error_message(exc: BaseException, log_hint: str = "the terminal this app was
 def summary(report: dict, saved: Path | None) -> str:
     lines = [f"Done: erased {report['concept']!r} with {report['method']} in {report['steps']} steps "
              f"({report['seconds']} s training, {report['total_seconds']} s in all); final loss {report['final_loss']}."]
+    lines += [f"Warning: {w}" for w in report.get("warnings", [])]
     labels = (("erased rate (judge still sees the concept)", "erased_rate"), ("preserved accuracy", "preserved_acc"),
-              ("alternative hit rate", "alt_hit_rate"))
-    for label, key in labels:
-        if report.get(f"{key}_after") is not None:
-            before = report.get(f"{key}_before")
-            lines.append(f"{label}: {'–' if before is None else f'{before:.3f}'} → {report[f'{key}_after']:.3f}")
-    if report.get("divergence") is not None:
-        lines.append(f"divergence on prompts without the concept: {report['divergence']:.4f}")
+              ("kept attributes", "kept_rate"), ("alternative hit rate", "alt_hit_rate"))
+    per_concept = report.get("per_concept") or {report["concept"]: report}
+    for concept, scores in per_concept.items():
+        prefix = f"{concept}: " if len(per_concept) > 1 else ""
+        for label, key in labels:
+            if scores.get(f"{key}_after") is not None:
+                before = scores.get(f"{key}_before")
+                lines.append(f"{prefix}{label}: {'–' if before is None else f'{before:.3f}'} → "
+                             f"{scores[f'{key}_after']:.3f}")
+        if scores.get("divergence") is not None:
+            lines.append(f"{prefix}divergence on prompts without the concept: {scores['divergence']:.4f}")
     plan = report.get("memory_plan")
     if plan:
         lines.append(f"Memory: {plan['total_bytes'] / 2**30:.2f} GiB planned on {plan['device']} ({plan['settings']})"
@@ -353,7 +352,7 @@ class EraseRunner:
 
     def run(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure=False,
             progress: Callable | None = None, grid=None, image_size=None, sample_steps=None, report_size=None,
-            report_steps=None, batch_size=None) -> RunOutcome:
+            report_steps=None, batch_size=None, kind=None) -> RunOutcome:
         """Run an erasure from the form's values; every failure comes back as the status text."""
         if not self._lock.acquire(blocking=False):
             return RunOutcome("An erasure is already running: wait for it to finish, or press Cancel.")
@@ -363,7 +362,7 @@ class EraseRunner:
                             report_steps=report_steps, batch_size=batch_size)
             return self._run(method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure,
                              progress if progress is not None else (lambda *a, **k: None), grid,  # Progress is falsy
-                             **sampling)
+                             kind=kind, **sampling)
         except ErasureError as exc:  # input errors, cancel, divergence: the message says what to do
             return RunOutcome(error_message(exc, self.host.log_hint))
         except Exception as exc:  # anything else: its text here, its traceback in the host's log
@@ -373,14 +372,15 @@ class EraseRunner:
             self._lock.release()
 
     def plan(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid=None,
-             image_size=None, sample_steps=None, batch_size=None) -> str:
+             image_size=None, sample_steps=None, batch_size=None, kind=None) -> str:
         """The memory plan of the form's settings on the host's model, without running anything."""
         from .memory import plan_memory
         from .sampling import at_image_size
 
         try:
             config = build_config(method, concepts, alternative, preserve, steps, lr, group, rank, seed,
-                                  toy=self.host.toy, grid=grid, sample_steps=sample_steps, batch_size=batch_size)
+                                  toy=self.host.toy, grid=grid, sample_steps=sample_steps, batch_size=batch_size,
+                                  kind=kind)
             model = at_image_size(self.host.load_model(), size_or_default("image size", image_size,
                                                                            self.host.image_size))
             return plan_memory(model, method, config).describe()
@@ -388,7 +388,7 @@ class EraseRunner:
             return error_message(exc)
 
     def _run(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, progress, grid,
-             image_size, sample_steps, report_size, report_steps, batch_size):
+             image_size, sample_steps, report_size, report_steps, batch_size, kind=None):
         from .jobs import ReportSettings, run_erasure
         from .methods.common import prepare
         from .progress import listen
@@ -396,7 +396,9 @@ class EraseRunner:
 
         host = self.host
         config = build_config(method, concepts, alternative, preserve, steps, lr, group, rank, seed, toy=host.toy,
-                              grid=grid, sample_steps=sample_steps, batch_size=batch_size)
+                              grid=grid, sample_steps=sample_steps, batch_size=batch_size, kind=kind)
+        for warning in config.warnings():  # before any work, so the user can stop and change the settings
+            progress((0, 1), desc=f"warning: {warning}")  # run_erasure writes it to the host's log
         image_size = size_or_default("image size", image_size, host.image_size)
         report = ReportSettings(steps=host.report_steps if report_steps in (None, "") else whole_number(
             "report steps", report_steps, 0, "use e.g. 10, or 0 for no before/after images"),
@@ -436,12 +438,23 @@ class EraseRunner:
                           report_gallery(job.images), str(job.erasure_path), job)
 
 
-def on_method_change(method: str):
-    """The chosen method's own defaults for learning rate, parameter group and LoRA rank."""
+def on_method_change(method: str, kind: str = "object"):
+    """The chosen method's own defaults for the kind of concept: learning rate, parameter group, steps and LoRA rank
+    (0: full weights; the grid field's 0 already means the kind's grid)."""
     import gradio as gr
 
-    defaults = method_defaults(method)
-    return gr.update(value=defaults["lr"]), gr.update(value=defaults["group"]), gr.update(value=defaults["rank"])
+    chosen = method_defaults(method, kind)
+    return (gr.update(value=chosen["lr"]), gr.update(value=chosen["group"]), gr.update(value=chosen["steps"]),
+            gr.update(value=chosen.get("rank") or 0))
+
+
+def on_concepts_change(concepts: str, kind: str):
+    """The kind the concepts' words name (the toy world's words, colour words), else the kind chosen so far."""
+    import gradio as gr
+
+    told = defaults.kind_from_words(split_list(concepts))
+    # No update when the kind stays: its change event would reset the steps the user may have typed meanwhile.
+    return gr.update(value=told) if told and told != kind else gr.update()
 
 
 # ---------------------------------------------------------------- the Blocks
@@ -462,7 +475,9 @@ def build_blocks(host: Host, runner: EraseRunner | None = None):
                 gr.Markdown(METHOD_HELP)
                 concepts = gr.Textbox(label="Concept(s) to erase (comma or newline separated)", lines=2,
                                       placeholder="circle" if host.toy else "van gogh", elem_id="ce_concepts")
-                alternative = gr.Textbox(label="Alternative (what the concept becomes; cg only, optional)",
+                kind = gr.Radio(list(defaults.KINDS), value="object", elem_id="ce_kind",
+                                label="Kind of concept (picks the defaults: an object, a style or texture, a colour)")
+                alternative = gr.Textbox(label="Alternative (what the concept becomes; cg, ca, uce; optional)",
                                          elem_id="ce_alternative")
                 preserve = gr.Textbox(label="Prompts to preserve (one per line; empty = defaults)", lines=3,
                                       elem_id="ce_preserve")
@@ -472,13 +487,14 @@ def build_blocks(host: Host, runner: EraseRunner | None = None):
                 with gr.Row():
                     group = gr.Dropdown(list(GROUPS), value=first["group"], label="Parameter group",
                                         elem_id="ce_group")
-                    rank = gr.Number(value=first["rank"], precision=0, label="LoRA rank (0 = full weights)", elem_id="ce_rank")
+                    rank = gr.Number(value=first.get("rank") or 0, precision=0, label="LoRA rank (0 = full weights)",
+                                     elem_id="ce_rank")
                     seed = gr.Number(value=0, precision=0, label="Seed", elem_id="ce_seed")
                     batch_size = gr.Number(value=0, precision=0, elem_id="ce_batch_size",
                                            label="Batch size (0 = default; lower needs less memory)")
                 grid = gr.Number(value=0, precision=0, elem_id="ce_grid",
-                                 label="Grid (dt only; 0 = default: 4 for objects; for a style, finer than its "
-                                       "texture)")
+                                 label="Grid (dt only; 0 = the kind's default: 4 for objects; for a style, finer "
+                                       "than its texture)")
                 with gr.Row():  # the original model's sampling: for training, and for the before/after report
                     image_size = gr.Number(value=host.image_size or 0, precision=0, elem_id="ce_image_size",
                                            label="Image size for training (px; 0 = the model's own, the best; "
@@ -505,22 +521,24 @@ def build_blocks(host: Host, runner: EraseRunner | None = None):
                                      columns=GALLERY_CONCEPT_PROMPTS + GALLERY_OTHER_PROMPTS, elem_id="ce_gallery")
 
         def run(method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, grid, image_size,
-                sample_steps, report_size, report_steps, batch_size, progress=gr.Progress(track_tqdm=False)):
+                sample_steps, report_size, report_steps, batch_size, kind, progress=gr.Progress(track_tqdm=False)):
             return runner.run(method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure,
                               progress=progress, grid=grid, image_size=image_size, sample_steps=sample_steps,
                               report_size=report_size, report_steps=report_steps,
-                              batch_size=batch_size).as_outputs()
+                              batch_size=batch_size, kind=kind).as_outputs()
 
         def plan(method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid, image_size, sample_steps,
-                 batch_size):
+                 batch_size, kind):
             return runner.plan(method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid,
-                               image_size, sample_steps, batch_size)
+                               image_size, sample_steps, batch_size, kind)
 
-        method.change(on_method_change, inputs=method, outputs=[lr, group, rank])
+        method.change(on_method_change, inputs=[method, kind], outputs=[lr, group, steps, rank])
+        kind.change(on_method_change, inputs=[method, kind], outputs=[lr, group, steps, rank])
+        concepts.change(on_concepts_change, inputs=[concepts, kind], outputs=kind)
         plan_button.click(plan, inputs=[method, concepts, alternative, preserve, steps, lr, group, rank, seed, grid,
-                                        image_size, sample_steps, batch_size], outputs=status)
+                                        image_size, sample_steps, batch_size, kind], outputs=status)
         run_button.click(run, inputs=[method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure, grid,
-                                 image_size, sample_steps, report_size, report_steps, batch_size],
+                                      image_size, sample_steps, report_size, report_steps, batch_size, kind],
                          outputs=[status, loss, gallery, saved])
         # Not queued: it must get through while the erasure itself occupies the queue.
         cancel_button.click(runner.cancel, inputs=None, outputs=None, queue=False)

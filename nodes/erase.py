@@ -12,6 +12,8 @@ from comfy_api.latest import io, ui
 
 import comfy.model_management as mm
 from erasure_core.backends import comfy as backend
+from erasure_core.defaults import BATCH_SIZE, STEPS
+from erasure_core.degeneration import DEGENERATIONS
 from erasure_core.errors import ErasureCancelled
 from erasure_core.methods import METHODS
 from erasure_core.methods.cg import CGConfig
@@ -47,7 +49,8 @@ def training_inputs(steps: int, lr: float, group: str, rank: int | None = None) 
         io.Combo.Input("parameter_group", options=list(GROUPS), default=group,
                        tooltip="Which UNet layers change: cross_attn = the layers that read the text (surgical); "
                                "cross_attn_kv = only their keys/values; no_cross_attn = the rest; all = everything."),
-        io.Int.Input("batch_size", default=8, min=1, max=64, tooltip="Samples per training step (lower uses less memory)."),
+        io.Int.Input("batch_size", default=BATCH_SIZE, min=1, max=64,
+                     tooltip="Samples per training step (lower uses less memory)."),
         io.Int.Input("sampling_steps", default=25, min=2, max=200,
                      tooltip="Steps the original model takes to draw its own images of the prompts (done once, "
                              "before training)."),
@@ -87,6 +90,10 @@ def run(cls, title: str, method: str, config, model, clip, vae, image_size: int)
     """Train on a private copy of the MODEL's UNet; return a patched clone, the tensors and the loss."""
     config.validate()
     reporter = Reporter(node_id(cls), title, config.steps)
+    warnings = config.warnings()  # shown before any work, and kept on the node: the user can still stop the run
+    for warning in warnings:
+        logging.warning("Concept Eraser: %s", warning)
+    notes = "".join(f"Warning: {w}\n" for w in warnings)  # on every message from the first, before any work
     # ComfyUI executes under inference_mode; autograd needs it off (inputs are cloned inside the backend).
     # Cancel: the backend checks ComfyUI's interrupt at every UNet call, sampling included.
     with torch.inference_mode(False), torch.enable_grad(), listen(reporter.phase):
@@ -94,8 +101,8 @@ def run(cls, title: str, method: str, config, model, clip, vae, image_size: int)
         config, plan = prepare(model_api, method, config)  # before any work: refused, or fitted and said so
         if plan is not None:
             logging.info("[Concept Eraser] %s", plan.describe())
-            reporter.text(f"{title}: {plan.summary()}" + "".join(f"; changed to fit: {c}" for c in plan.changes))
-        reporter.text(f"{title}: drawing the original model's images…")
+            reporter.text(f"{notes}{title}: {plan.summary()}" + "".join(f"; changed to fit: {c}" for c in plan.changes))
+        reporter.text(f"{notes}{title}: drawing the original model's images…")
         try:
             result = METHODS[method][1](model_api, config, progress=reporter, should_cancel=mm.processing_interrupted)
         except ErasureCancelled:
@@ -107,7 +114,7 @@ def run(cls, title: str, method: str, config, model, clip, vae, image_size: int)
     del result  # drop the trained UNet copy now; only the tensors live on
     mm.soft_empty_cache()
     fresh = backend.patched_clone(model, tensors)
-    reporter.text(f"{title}: done, {len(losses)} steps, final loss {losses[-1]:.4f}")
+    reporter.text(f"{notes}{title}: done, {len(losses)} steps, final loss {losses[-1]:.4f}")
     curve = pil_to_image(loss_curve_image(losses))
     return io.NodeOutput(fresh, lora, {"loss": losses}, ui=ui.PreviewImage(curve, cls=cls))
 
@@ -122,28 +129,34 @@ class EraseConceptDT(io.ComfyNode):
                         "becomes texture, not another concept: to turn it into an alternative, use Erase Concept "
                         "(Classifier Guidance).",
             inputs=[io.Model.Input("model"), io.Clip.Input("clip"), io.Vae.Input("vae"), *concept_inputs(),
-                    *training_inputs(200, DTConfig.lr, DTConfig.group, DTConfig.rank),
-                    io.Int.Input("grid", default=4, min=2, max=512,
+                    *training_inputs(STEPS, DTConfig.lr, DTConfig.group, DTConfig.rank),
+                    io.Int.Input("grid", default=DTConfig.grid, min=2, max=512,
                                  tooltip="Scrambled grid size g (g×g patches); larger destroys more structure. 4 erases "
                                          "objects; for a style or texture, make the patches smaller than the texture "
                                          "(up to the image side: single pixels) and train cross_attn at lr 5e-4 "
                                          "with preserve_weight 16 (the toy world's fill settings). "
                                          "Ignored when a dataset is connected (its own grid is used)."),
-                    io.Int.Input("images_per_prompt", default=4, min=1, max=64,
+                    io.Int.Input("images_per_prompt", default=DTConfig.images_per_prompt, min=1, max=64,
                                  tooltip="Images the original model draws per concept prompt (no dataset connected)."),
                     preserve_weight_input(DTConfig.preserve_weight),
                     Dataset.Input("dataset", optional=True,
-                                  tooltip="Your own concept images from Scrambled Grid Dataset (optional).")],
+                                  tooltip="Your own concept images from Scrambled Grid Dataset (optional)."),
+                    io.Combo.Input("degeneration", options=["auto", *DEGENERATIONS], default="auto", optional=True,
+                                   tooltip="What the concept's images become. scramble: the scrambled grid (objects, "
+                                           "styles); it keeps every pixel's colour, so it cannot erase a colour. "
+                                           "desaturate: the images in grey, which erases a colour and keeps the "
+                                           "object. auto: desaturate when the concept is a colour word, else "
+                                           "scramble.")],
             outputs=OUTPUTS, hidden=[io.Hidden.unique_id])
 
     @classmethod
     def execute(cls, model, clip, vae, concept, preserve, templates, steps, learning_rate, rank, parameter_group,
                 batch_size, sampling_steps, image_size, seed, grid, images_per_prompt,
-                preserve_weight=DTConfig.preserve_weight, dataset=None) -> io.NodeOutput:
+                preserve_weight=DTConfig.preserve_weight, dataset=None, degeneration="auto") -> io.NodeOutput:
         config = DTConfig(**common_config(concept, preserve, templates, steps, learning_rate, rank, parameter_group,
                                           batch_size, sampling_steps, seed),
                           grid=int(grid), images_per_prompt=int(images_per_prompt),
-                          preserve_weight=float(preserve_weight))
+                          preserve_weight=float(preserve_weight), degeneration=degeneration)
         if dataset is not None:
             config.concept_images, config.grid = dataset["images"].clone(), int(dataset["grid"])
         return run(cls, "Degeneration-Tuning", "dt", config, model, clip, vae, image_size)
@@ -160,10 +173,10 @@ class EraseConceptCG(io.ComfyNode):
                     io.String.Input("alternative", multiline=True, default="",
                                     tooltip="What the concept's prompts should show instead, e.g. 'a cat' for 'a dog'. "
                                             "One line, or one per concept line. Empty: nothing specific."),
-                    *training_inputs(200, CGConfig.lr, CGConfig.group),
-                    io.Int.Input("trajectories_per_prompt", default=2, min=1, max=32,
+                    *training_inputs(STEPS, CGConfig.lr, CGConfig.group),
+                    io.Int.Input("trajectories_per_prompt", default=CGConfig.trajectories_per_prompt, min=1, max=32,
                                  tooltip="Sampling runs of the original model per concept prompt used for training."),
-                    io.Float.Input("drift_weight", default=1.0, min=0.0, max=100.0, step=0.1,
+                    io.Float.Input("drift_weight", default=CGConfig.drift_weight, min=0.0, max=100.0, step=0.1,
                                    tooltip="How strongly the model's unconditional prediction is held in place (λ)."),
                     preserve_weight_input(CGConfig.preserve_weight)],
             outputs=OUTPUTS, hidden=[io.Hidden.unique_id])

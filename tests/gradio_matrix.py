@@ -30,7 +30,7 @@ blocks = ui_blocks.build_blocks(ui_blocks.Host(load_model=lambda: None, out_dir=
                                                 judge_path=Path("judge.safetensors"), intro="# test"))
 assert isinstance(blocks, gr.Blocks)
 config = blocks.get_config_file() if hasattr(blocks, "get_config_file") else blocks.config
-lr, group, rank = ui_blocks.on_method_change("cg")
+lr, group, steps, rank = ui_blocks.on_method_change("cg")
 print("built on gradio", gr.__version__, "with", len(config["components"]), "components")
 """
 

@@ -30,17 +30,20 @@ def test_split_list_accepts_commas_and_newlines():
 
 
 def test_defaults_match_the_core():
+    from erasure_core import defaults
     from erasure_core.methods import METHODS
     from erasure_core.trainable import GROUPS
 
     assert tuple(ui_blocks.GROUPS) == tuple(GROUPS)
     assert ui_blocks.SAMPLE_STEPS == {f.name: f.default for f in dataclasses.fields(METHODS["cg"][0])}["sample_steps"]
     assert set(ui_blocks.METHOD_DEFAULTS) == set(METHODS)
-    for name, (config_cls, _) in METHODS.items():
-        fields = {f.name: f.default for f in dataclasses.fields(config_cls)}
-        assert ui_blocks.METHOD_DEFAULTS[name]["lr"] == fields["lr"]
-        assert ui_blocks.METHOD_DEFAULTS[name]["group"] == fields["group"]
-        assert (ui_blocks.METHOD_DEFAULTS[name]["rank"] or None) == fields["rank"]
+    for name in METHODS:
+        assert ui_blocks.METHOD_DEFAULTS[name] == defaults.settings(name)
+        for kind in defaults.KINDS:
+            assert ui_blocks.method_defaults(name, kind) == defaults.settings(name, kind)
+        fields = {f.name: f.default for f in dataclasses.fields(METHODS[name][0])}  # the library's own defaults
+        for key in ("lr", "group", "rank"):
+            assert fields[key] == defaults.settings(name).get(key), (name, key)
 
 
 @pytest.mark.parametrize("changes, field", [
@@ -84,6 +87,7 @@ def test_toy_world_uses_its_own_prompts():
         build_config("dt", "van gogh", "", "", 5, 3e-4, "all", 0, 0, toy=True)
     assert err.value.field == "concept"
     assert build_config("dt", "striped", "", "", 5, 1e-3, "cross_attn", 0, 0, toy=True).grid == 32  # a fill
+    assert build_config("dt", "wavy", "", "", 5, 1e-3, "cross_attn", 0, 0, kind="style").grid == 32  # a chosen kind
     assert build_config("dt", "striped", "", "", 5, 1e-3, "cross_attn", 0, 0, toy=True, grid=8).grid == 8
 
 
@@ -109,10 +113,17 @@ def test_blocks_build_and_method_defaults():
     host = Host(load_model=lambda: None, out_dir=Path("unused"))
     blocks = build_blocks_checked(host)
     assert isinstance(blocks, gr.Blocks)
-    lr, group, rank = ui_blocks.on_method_change("esd")
-    assert lr["value"] == 1e-4 and group["value"] == "cross_attn" and rank["value"] == 0
-    lr, group, rank = ui_blocks.on_method_change("dt")
-    assert lr["value"] == 1e-3 and group["value"] == "all" and rank["value"] == 8
+    from erasure_core import defaults
+
+    for kind in defaults.KINDS:
+        for method in ("esd", "dt"):
+            lr, group, steps, rank = ui_blocks.on_method_change(method, kind)
+            expected = defaults.settings(method, kind)
+            assert (lr["value"], group["value"], steps["value"], rank["value"]) == \
+                (expected["lr"], expected["group"], expected["steps"], expected.get("rank") or 0)
+    assert ui_blocks.on_concepts_change("crimson", "object")["value"] == "color"  # the words tell
+    assert "value" not in ui_blocks.on_concepts_change("van gogh", "style")  # they do not: the choice stays
+    assert "value" not in ui_blocks.on_concepts_change("circle", "object")  # no change, no change event
 
 
 def build_blocks_checked(host):

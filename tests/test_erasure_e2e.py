@@ -77,8 +77,9 @@ class _Captured(BaseException):  # not an Exception: the CLI turns those into on
     pass
 
 
-def test_cli_uses_the_measured_toy_settings_per_kind_and_flags_override_them(monkeypatch):
+def test_cli_uses_the_defaults_per_kind_and_flags_override_them(monkeypatch):
     import erasure_core.jobs as jobs
+    from erasure_core import defaults
 
     configs = []
 
@@ -88,10 +89,13 @@ def test_cli_uses_the_measured_toy_settings_per_kind_and_flags_override_them(mon
 
     monkeypatch.setattr(jobs, "run_erasure", capture)
     for argv in (["--concept", "striped"], ["--concept", "striped", "--preserve-weight", "2", "--lr", "1e-4"],
-                 ["--concept", "circle"]):
+                 ["--concept", "circle"], ["--concept", "red"]):
         with pytest.raises(_Captured):
             main(["erase", "--method", "dt", *argv])
-    style, overridden, shape = configs
-    assert (style.grid, style.group, style.lr, style.preserve_weight) == (32, "cross_attn", 5e-4, 16.0)
-    assert (overridden.lr, overridden.preserve_weight, overridden.grid) == (1e-4, 2.0, 32)
-    assert (shape.grid, shape.group, shape.lr, shape.preserve_weight) == (4, "all", DTConfig.lr, DTConfig.preserve_weight)
+    style, overridden, shape, color = configs
+    for config, kind in ((style, "style"), (shape, "object"), (color, "color")):
+        for key, value in defaults.settings("dt", kind).items():
+            assert getattr(config, key) == value, (kind, key)
+        assert config.kind == kind
+    assert (overridden.lr, overridden.preserve_weight, overridden.grid) == (1e-4, 2.0, style.grid)
+    assert color.chosen_degeneration() == "desaturate" and color.warnings()  # said before any work

@@ -1,4 +1,5 @@
 """The toy world: judge accuracy, offline loading, deterministic sampling, generation accuracy guard."""
+import pytest
 import numpy as np
 import torch
 from transformers import CLIPTokenizer
@@ -7,8 +8,9 @@ from erasure_core.sampling import sample_images
 from erasure_core.toyworld import MODEL_DIR
 from erasure_core.toyworld.draw import draw_batch
 from erasure_core.toyworld.evaluate import generation_accuracy, sample_grid
+from erasure_core.toyworld import judge as judge_mod
 from erasure_core.toyworld.judge import heldout_accuracy
-from erasure_core.toyworld.world import COLORS, SHAPES, STYLES, Scene, all_scenes, vocabulary_words
+from erasure_core.toyworld.world import COLORS, SHAPES, STYLES, Scene, all_scenes, canonical_prompt, vocabulary_words
 
 
 def test_every_word_is_one_token():
@@ -65,3 +67,39 @@ def test_sample_grid_puts_each_scene_under_its_own_labels():
         style, shape = label.split(" ", 1)
         for color, image in zip(columns, row):
             assert scenes[int(image[0, 0, 0])] == Scene(shape, color, style), (label, color)
+
+
+JUDGE_WITHOUT_NONE = pytest.mark.xfail(strict=True, reason=(
+    "the shipped judge predates this: it reads scrambles as shapes and fills (scramble shape none 0.000, fill none "
+    "0.000, noise none 0.417). A judge retrained with these negatives (toyworld-train --judge-only, 3000 steps) read "
+    "them as none (0.958 / 0.979 / 1.000) but read the toy model's own green as no colour (generations' colour "
+    "accuracy 0.760 < the 0.90 bar), so it is not shipped"))
+
+
+@JUDGE_WITHOUT_NONE
+def test_judge_reads_noise_scrambles_and_blanks_as_none(judge):
+    """Worst case over every scramble grid (2..32) and noise block size (1..16 px), on images never trained on:
+    no shape in a scramble, no fill once the patches are smaller than a stripe or a dot (so a scramble cannot pass
+    for "dotted"), nothing at all in noise or an empty canvas; a scramble keeps its colour, a grey shape has none."""
+    acc = judge_mod.negative_accuracy(judge)
+    for key in ("scramble_shape_none", "scramble_fill_none", "noise_none", "blank_none"):
+        assert acc[key] >= 0.95, (key, acc)
+    for key in ("scramble_color_kept", "grey_color_none"):
+        assert acc[key] >= 0.90, (key, acc)
+
+
+@JUDGE_WITHOUT_NONE
+def test_dts_own_fill_scrambles_read_as_no_fill(toy_model, judge):
+    """Degeneration-Tuning's training images for a fill: the frozen model's dotted and striped shapes, scrambled at
+    the fills' grid (single pixels) and passed through the VAE, exactly as DT builds them."""
+    from erasure_core.methods.dt import scrambled_latents
+
+    scenes = [Scene(shape, "red" if i % 2 else "blue", style) for i, shape in enumerate(SHAPES)
+              for style in ("dotted", "striped")]
+    images = sample_images(toy_model, [canonical_prompt(s) for s in scenes], list(range(len(scenes))), steps=25,
+                           guidance=1.5)
+    assert judge.predict(images)["style"] == [s.style for s in scenes]  # the originals read as their fill
+    latents, _ = scrambled_latents(toy_model, images, 32, 2, torch.Generator().manual_seed(0))
+    pred = judge.predict(toy_model.decode_latents(latents).cpu())
+    assert np.mean([p == "none" for p in pred["style"]]) >= 0.9, pred["style"]
+    assert np.mean([p == "none" for p in pred["shape"]]) >= 0.9, pred["shape"]

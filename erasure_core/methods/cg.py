@@ -16,20 +16,24 @@ from .. import checks
 from ..model import DiffusionModel
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
+from ..defaults import SETTINGS
 from ..memory import checkpointing_for
 from .common import EraseConfig, ErasureResult, finish, guard_memory, prepare
 from .trajectories import PreserveRows, frozen_predictions, preserve_pool, sample_trajectories
 
 
+_OBJECT = SETTINGS["cg"]["object"]  # the defaults (erasure_core/defaults.py)
+
+
 @dataclass
 class CGConfig(EraseConfig):
-    drift_weight: float = 1.0  # λ on L_uncond (chosen on the toy world; README "Choosing the defaults")
+    drift_weight: float = _OBJECT["drift_weight"]  # λ on L_uncond (README "Choosing the defaults")
     # Distillation on preserve prompts at their own trajectories; 10 (with lr 5e-4) kept the toy world's other
     # prompts within 0.02 of their accuracy where 1 lost 0.13 (README "Choosing the defaults").
-    preserve_weight: float = 10.0
+    preserve_weight: float = _OBJECT["preserve_weight"]
     trajectories_per_prompt: int = 2
-    group: str = "cross_attn"  # "surgical": only the layers that read the text
-    lr: float = 5e-4
+    group: str = _OBJECT["group"]  # "surgical": only the layers that read the text
+    lr: float = _OBJECT["lr"]
 
     def validate(self) -> None:
         super().validate()

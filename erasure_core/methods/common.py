@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import checks, erasure_file
+from ..defaults import BATCH_SIZE, KINDS, STEPS, guess_kind
 from ..errors import ErasureInputError
 from ..layouts import file_layer_name
 from ..naming import erasure_stem
@@ -30,12 +31,12 @@ class EraseConfig:
     preserve_prompts: list[str] = field(default_factory=list)
     # Prompt templates with "{}" for the concept: one list for all concepts, or {concept: list}.
     templates: list[str] | dict[str, list[str]] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
-    steps: int = 200
+    steps: int = STEPS
     lr: float = 1e-4
     group: str = "cross_attn"
     rank: int | None = None  # None: full weights of the group; r: LoRA of rank r
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int = BATCH_SIZE
     micro_batch: int | None = None  # rows of the batch per UNet call (None: all); same update, less memory
     sample_steps: int = 25  # DDIM steps for the frozen model's own images/trajectories
     guidance: float = 7.5  # SD1.x's usual CFG; the toy world uses 1.5 (toyworld.evaluate.toy_options)
@@ -48,6 +49,9 @@ class EraseConfig:
     # device's free memory, apply changes until it does (result-neutral ones first: checkpointing, micro-batches)
     # and say which; "check": refuse it, naming the changes that would fit; "off": no plan.
     memory: str = "auto"
+    # What the concepts are (erasure_core/defaults.KINDS): picks the defaults a host fills in and the advice of
+    # `warnings`; None = as far as the words tell (defaults.guess_kind).
+    kind: str | None = None
 
     def validate(self) -> None:
         """Check every option before any work; an ErasureInputError names the field and the fix."""
@@ -89,10 +93,12 @@ class EraseConfig:
                                     "use 'auto' (on for CUDA)")
         if self.memory not in MEMORY_MODES:
             raise ErasureInputError("memory", f"unknown mode {self.memory!r}", f"use one of {', '.join(MEMORY_MODES)}")
+        if self.kind is not None and self.kind not in KINDS:
+            raise ErasureInputError("kind", f"unknown kind of concept {self.kind!r}", f"use one of {', '.join(KINDS)}")
         self.steps = checks.steps(self.steps)
         self.lr = checks.learning_rate(self.lr)
         self.seed = checks.seed(self.seed)
-        self.batch_size = checks.whole_number("batch size", self.batch_size, 1, checks.MAX_BATCH, "use e.g. 8")
+        self.batch_size = checks.whole_number("batch size", self.batch_size, 1, checks.MAX_BATCH, "use e.g. 16")
         if self.micro_batch is not None:
             self.micro_batch = checks.whole_number("micro-batch", self.micro_batch, 1, self.batch_size,
                                                    "use a number from 1 to the batch size, or leave it empty")
@@ -116,6 +122,14 @@ class EraseConfig:
 
     def n_concept_prompts(self) -> int:
         return sum(len(self.templates_for(c)) for c in self.concepts)
+
+    def concept_kind(self) -> str:
+        return self.kind or guess_kind(self.concepts)
+
+    def warnings(self) -> list[str]:
+        """What the user should know before training: settings this method cannot erase these concepts with,
+        and what to use instead. Every host shows them before it trains."""
+        return []
 
     def templates_for(self, concept: str) -> list[str]:
         if isinstance(self.templates, dict):

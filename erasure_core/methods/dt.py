@@ -22,7 +22,8 @@ from ..errors import ErasureInputError
 from ..model import DiffusionModel
 from ..progress import report
 from ..sampling import sample_images
-from ..scrambled_grid import scramble_grid
+from ..defaults import SETTINGS
+from ..degeneration import DEGENERATIONS, degenerate
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
 from ..memory import checkpointing_for
@@ -30,26 +31,49 @@ from .common import EraseConfig, ErasureResult, add_noise, finish, guard_memory,
 from .trajectories import PreserveRows, preserve_pool
 
 
+COLOR_WARNINGS = {  # degeneration -> why DT cannot erase a colour with it, and what to use instead
+    "scramble": "a scramble moves pixels but keeps their colour, so the erased prompts still draw it",
+    "desaturate": "tuning the prompts towards grey images left the colour in 0.625 of them on the toy world's "
+                  "tuning colour (it keeps shape and fill, 0.917)",
+}
+COLOR_WARNING = ("Degeneration-Tuning does not erase a colour ({concepts}) with the degeneration '{how}': {why}. "
+                 "Use the classifier-guidance method (cg) with another colour as the alternative.")
+_OBJECT = SETTINGS["dt"]["object"]  # the defaults (erasure_core/defaults.py); other kinds: defaults.settings
+
+
 @dataclass
 class DTConfig(EraseConfig):
-    grid: int = 4  # g x g patches; larger g destroys more structure (paper §3.2)
-    images_per_prompt: int = 4  # frozen-model images per concept prompt (when none are supplied)
+    grid: int = _OBJECT["grid"]  # g x g patches; larger g destroys more structure (paper §3.2)
+    images_per_prompt: int = _OBJECT["images_per_prompt"]  # frozen-model images per concept prompt (none supplied)
     concept_images: torch.Tensor | None = None  # (N, 3, H, W) in [0, 1]: the user's own concept images
+    # What the concept's images become (erasure_core/degeneration.py): the paper's scrambled grid, or for a colour
+    # the image without its hue; "auto": the default for the concepts' kind.
+    degeneration: str = "auto"
     # Scrambles per concept image, each with its own permutation, VAE-encoded once before training (the
     # paper's "new permutation per image and per epoch" for this many epochs).
     scrambles_per_image: int = 8
-    # Weight of the preservation term against the degeneration term. 4 (with lr 1e-4) kept the toy world's
-    # other prompts intact where 1 (lr 3e-4) lost 0.15 of their accuracy (README "Choosing the defaults").
-    preserve_weight: float = 4.0
+    # Weight of the preservation term against the degeneration term (README "Choosing the defaults").
+    preserve_weight: float = _OBJECT["preserve_weight"]
     # Frozen-model trajectories per preserve prompt (the distillation points). On the toy world 4 against 1 took
     # the divergence of the other prompts from 0.037 to 0.028 (README "Choosing the defaults").
     preserve_images_per_prompt: int = 4
-    group: str = "all"  # the paper tunes the UNet as a whole
+    group: str = _OBJECT["group"]  # the paper tunes the UNet as a whole...
     # ...through a LoRA of rank 8: full weights of the whole SD1.5 UNet need ~14 GB for weights, gradients and AdamW
     # states alone, a rank-8 LoRA fits an 8 GB GPU (README "Will it fit?"). On the tuning concept it erased as fully
     # and preserved as well as the full weights did at lr 1e-4 (README "Choosing the defaults").
-    rank: int | None = 8
-    lr: float = 1e-3
+    rank: int | None = _OBJECT.get("rank")
+    lr: float = _OBJECT["lr"]
+
+    def chosen_degeneration(self) -> str:
+        if self.degeneration == "auto":
+            return SETTINGS["dt"][self.concept_kind()].get("degeneration", "scramble")
+        return self.degeneration
+
+    def warnings(self) -> list[str]:
+        how = self.chosen_degeneration()
+        if self.concept_kind() == "color":
+            return [COLOR_WARNING.format(concepts=", ".join(map(repr, self.concepts)), how=how, why=COLOR_WARNINGS[how])]
+        return []
 
     def validate(self) -> None:
         super().validate()
@@ -57,11 +81,13 @@ class DTConfig(EraseConfig):
         self.scrambles_per_image = checks.whole_number("scrambles per image", self.scrambles_per_image, 1,
                                                        checks.MAX_PER_PROMPT, "use e.g. 8")
         self.images_per_prompt = checks.whole_number("images per prompt", self.images_per_prompt, 1,
-                                                     checks.MAX_PER_PROMPT, "use e.g. 4")
+                                                     checks.MAX_PER_PROMPT, "use e.g. 2")
         self.preserve_images_per_prompt = checks.whole_number(
             "preserve images per prompt", self.preserve_images_per_prompt, 1, checks.MAX_PER_PROMPT, "use e.g. 4")
         self.preserve_weight = checks.weight("preserve weight", self.preserve_weight, 4.0)
-
+        if self.degeneration not in ("auto", *DEGENERATIONS):
+            raise ErasureInputError("degeneration", f"unknown degeneration {self.degeneration!r}",
+                                    f"use one of auto, {', '.join(DEGENERATIONS)}")
 
     def rows_per_element(self) -> int:  # a concept row, and a preserve row when preservation is on
         return 2 if self.preserve_weight > 0 else 1
@@ -69,7 +95,8 @@ class DTConfig(EraseConfig):
     def cached_bytes(self, latent: int, image: int, context: int) -> int:
         given = self.concept_images is not None  # the user's images stay in the config
         images = len(self.concept_images) if given else self.n_concept_prompts() * self.images_per_prompt
-        scrambles = images * self.scrambles_per_image  # a latent, a text context and an image index each
+        per_image = self.scrambles_per_image if self.chosen_degeneration() == "scramble" else 1
+        scrambles = images * per_image  # a latent, a text context and an image index each
         keep_prompts = len(set(self.preserve_prompts) | {""}) if self.preserve_weight > 0 else 0
         keep_points = keep_prompts * self.preserve_images_per_prompt * self.sample_steps  # x_t and eps* each
         return ((images * image if given else 0) + scrambles * (latent + context + 8)
@@ -121,13 +148,16 @@ def frozen_images(model: DiffusionModel, prompts: list[str], per_prompt: int, se
 
 @torch.no_grad()
 def scrambled_latents(model: DiffusionModel, images: torch.Tensor, grid: int, per_image: int,
-                      generator: torch.Generator, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """`per_image` scrambles of every image (each its own permutation), VAE-encoded; and each one's image index."""
+                      generator: torch.Generator, batch: int = 32, degeneration: str = "scramble"
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_image` degenerations of every image (each scramble its own permutation), VAE-encoded; and each one's
+    image index. A desaturation has no randomness: one per image."""
+    per_image = per_image if degeneration == "scramble" else 1
     index = torch.arange(len(images)).repeat(per_image)
     latents = []
     for s in range(0, len(index), batch):
-        latents.append(model.encode_images(scramble_grid(images[index[s:s + batch]], grid, generator)))
-        report("scrambling and encoding the concept's images", min(s + batch, len(index)), len(index))
+        latents.append(model.encode_images(degenerate(images[index[s:s + batch]], degeneration, grid, generator)))
+        report("degenerating and encoding the concept's images", min(s + batch, len(index)), len(index))
     return torch.cat(latents), index
 
 
@@ -146,7 +176,8 @@ def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | Non
     else:
         images, prompts = frozen_images(model, concept_prompts, config.images_per_prompt, config.seed, config)
     check_images(images, config.grid)
-    latents, image_index = scrambled_latents(model, images, config.grid, config.scrambles_per_image, gen)
+    latents, image_index = scrambled_latents(model, images, config.grid, config.scrambles_per_image, gen,
+                                             degeneration=config.chosen_degeneration())
     concept_context = model.encode_text(prompts)[image_index.to(model.device)]
     del images  # training keeps the scrambles' latents only (what the memory plan counts)
 

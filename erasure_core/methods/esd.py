@@ -1,7 +1,8 @@
 """ESD, the baseline (Gandikota et al., ICCV 2023): negative guidance as the target.
 
 target = eps*(x_t, ∅) − η [eps*(x_t, c_e) − eps*(x_t, ∅)];  L = ||eps_θ(x_t, c_e) − target||².
-ESD-x tunes cross-attention (group "cross_attn"), ESD-u everything else ("no_cross_attn").
+ESD-x tunes cross-attention (group "cross_attn"), ESD-u everything else ("no_cross_attn"); the defaults are ESD-x
+for every kind (erasure_core/defaults.py says why).
 Its unconditional score is left free to drift: the flaw the classifier-guidance method fixes.
 x_t come from the frozen model's cached trajectories (the original re-samples them with the
 model being trained at every step; caching is the diffusers port's speed-up taken further).
@@ -18,17 +19,21 @@ from .. import checks
 from ..model import DiffusionModel
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
+from ..defaults import SETTINGS
 from ..memory import checkpointing_for
 from .common import EraseConfig, ErasureResult, finish, guard_memory, prepare
 from .trajectories import frozen_predictions, sample_trajectories
 
 
+_OBJECT = SETTINGS["esd"]["object"]  # the defaults (erasure_core/defaults.py)
+
+
 @dataclass
 class ESDConfig(EraseConfig):
-    eta: float = 1.0  # negative-guidance strength (original code: 1.0)
+    eta: float = _OBJECT["eta"]  # negative-guidance strength (original code: 1.0)
     trajectories_per_prompt: int = 2
-    group: str = "cross_attn"  # ESD-x
-    lr: float = 1e-4
+    group: str = _OBJECT["group"]
+    lr: float = _OBJECT["lr"]
 
     def validate(self) -> None:
         super().validate()

@@ -231,7 +231,7 @@ def build_info(command: str, seed: int, batch: int, timings: dict, started: floa
 
 
 def build(out: Path, vae_steps: int = 600, diffusion_steps: int = 7000, batch: int = 64,
-          judge_steps: int = 1200, seed: int = 0, log=print, checkpoint_dir: Path | None = None,
+          judge_steps: int = 3000, seed: int = 0, log=print, checkpoint_dir: Path | None = None,
           schedule_steps: int | None = None) -> dict:
     torch.use_deterministic_algorithms(True)
     out.mkdir(parents=True, exist_ok=True)
@@ -253,8 +253,7 @@ def build(out: Path, vae_steps: int = 600, diffusion_steps: int = 7000, batch: i
     save_sd1(model_dir, vae, tokenizer, modules)
 
     t2 = time.time()
-    judge = judge_mod.train_judge(vae, judge_steps, seed, log)
-    judge_mod.save_judge(judge, out / "judge.safetensors")
+    judge_mod.save_judge(judge_mod.train_judge(vae, judge_steps, seed, log), out / "judge.safetensors")
     timings["judge_seconds"] = time.time() - t2
 
     info = build_info(
@@ -263,4 +262,20 @@ def build(out: Path, vae_steps: int = 600, diffusion_steps: int = 7000, batch: i
         seed, batch, timings, t0, vae_steps=vae_steps, diffusion_steps=diffusion_steps,
         lr_schedule_steps=schedule_steps or diffusion_steps, judge_steps=judge_steps)
     (out / "build_info.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def build_judge(out: Path, judge_steps: int = 3000, seed: int = 0, log=print) -> dict:
+    """Retrain only the judge, on the VAE already in `out`/model (the same judge a full build trains: the judge's
+    training is seeded on its own), and record it in build_info.json."""
+    torch.use_deterministic_algorithms(True)
+    started = time.time()
+    vae = AutoencoderKL.from_pretrained(out / "model" / "vae").eval()
+    judge_mod.save_judge(judge_mod.train_judge(vae, judge_steps, seed, log), out / "judge.safetensors")
+    info_path = out / "build_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info.update(judge_steps=judge_steps, judge_seconds=round(time.time() - started, 1),
+                judge_command=f"python -m erasure_core toyworld-train --judge-only --judge-steps {judge_steps}",
+                judge_device=f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    info_path.write_text(json.dumps(info, indent=2))
     return info

@@ -7,6 +7,11 @@ seeds and judge:
 - divergence: mean per-pixel |after - before| (0..1) of same-seed images of prompts without the concept
 - alt_hit_rate: share of concept prompts whose image reads as the alternative
 - paraphrase_erased_rate: erased_rate on other wordings of the concept the toy model knows
+- kept_rate: share of concept prompts whose image keeps every attribute the prompt names besides the erased
+  concept(s) right ("a red dotted circle" with "dotted" erased still reads as a red circle)
+- becomes: what the concept prompts' images show, as counts: their own shape, another shape, texture (no
+  shape but a colour: a scramble) or nothing (the empty canvas)
+In a run that erases several concepts, "prompts without the concept" are the prompts with none of them.
 """
 from __future__ import annotations
 
@@ -17,9 +22,9 @@ import torch
 
 from ..errors import ErasureInputError
 from ..sampling import sample_images
-from .world import COLORS, SHAPES, STYLES, Scene, all_scenes, canonical_prompt
+from .world import ATTRIBUTE_TABLES, COLORS, NONE, SHAPES, STYLES, Scene, all_scenes, canonical_prompt, find_concept
 
-TABLES = {"shape": SHAPES, "style": STYLES, "color": COLORS}
+TABLES = ATTRIBUTE_TABLES
 # The toy model's sampler: DDIM 25 steps, CFG 1.5. Measured over CFG 1.0-4.0 and 25/50 steps (README "The toy
 # world"): colour accuracy falls as guidance rises (1.000 at CFG 1.0, 0.969 at 1.5, 0.80 at 2.0), because the
 # empty prompt means the empty canvas and guidance pushes colours away from it. 1.5 rather than 1.0 because
@@ -30,14 +35,12 @@ EVAL_STEPS = 25
 
 def parse_concept(text: str) -> tuple[str, str]:
     """'disc' -> ('shape', 'circle'): which attribute a toy-world word names, and its canonical name."""
-    word = text.strip().lower()
-    for attribute, table in TABLES.items():
-        for name, wordings in table.items():
-            if word in wordings:
-                return attribute, name
-    known = sorted(w for table in TABLES.values() for ws in table.values() for w in ws)
-    raise ErasureInputError("concept", f"{text!r} is not something the toy world knows",
-                            f"use one of: {', '.join(known)}")
+    found = find_concept(text)
+    if found is None:
+        known = sorted(w for table in TABLES.values() for ws in table.values() for w in ws)
+        raise ErasureInputError("concept", f"{text!r} is not something the toy world knows",
+                                f"use one of: {', '.join(known)}")
+    return found
 
 
 def _scene_prompt(scene: Scene, attribute: str, word: str | None = None) -> str:
@@ -61,21 +64,13 @@ def toy_options(concepts: list[str]) -> dict:
             "guidance": EVAL_GUIDANCE, "sample_steps": EVAL_STEPS}
 
 
-def dt_kind_options(concept: str) -> dict:
-    """Degeneration-Tuning settings for the kind of concept (measured with bench/sweep.py; README "Choosing the
-    defaults"). Shapes: DTConfig's defaults (a 4x4 grid, a rank-8 LoRA of the whole UNet, lr 1e-3). Fills are textures: a 4x4 or
-    8x8 grid keeps the 6-px stripes inside each patch, so the scramble goes down to single pixels (grid = the
-    image side), on the cross-attention layers (the whole UNet lost preserved accuracy there, as ESD-x against
-    ESD-u) at lr 5e-4 with preserve weight 16 (lr 1e-3 with weight 4 lost two of 64 preserved images)."""
-    if parse_concept(concept)[0] == "style":
-        return dict(grid=32, group="cross_attn", rank=None, lr=5e-4, preserve_weight=16.0)
-    return dict(grid=4)
-
-
 def preserve_prompts(concepts: list[str]) -> list[str]:
     """Prompts of every scene that shows none of `concepts`."""
     parsed = [parse_concept(c) for c in concepts]
     return [canonical_prompt(s) for s in all_scenes() if not any(getattr(s, a) == n for a, n in parsed)]
+
+
+ATTRIBUTES = ("shape", "color", "style")
 
 
 @dataclass
@@ -92,13 +87,18 @@ class EvalSet:
     other_seeds: list[int]
     paraphrase_prompts: list[str] = field(default_factory=list)
     paraphrase_seeds: list[int] = field(default_factory=list)
+    erased: list[tuple[str, str]] = field(default_factory=list)  # (attribute, name) of every concept of the run
 
 
-def make_eval_set(concept: str, seeds_per_prompt: int = 2, seed: int = 1000) -> EvalSet:
+def make_eval_set(concept: str, seeds_per_prompt: int = 2, seed: int = 1000,
+                  erased: list[str] | None = None) -> EvalSet:
+    """The concept's prompts (every scene that shows it), its paraphrases, and the prompts that show none of the
+    run's erased concepts (`erased`, default: the concept alone)."""
     attribute, name = parse_concept(concept)
+    erased_names = list(dict.fromkeys([(attribute, name)] + [parse_concept(c) for c in erased or []]))
     scenes = all_scenes()
     inside = [s for s in scenes if getattr(s, attribute) == name]
-    outside = [s for s in scenes if getattr(s, attribute) != name]
+    outside = [s for s in scenes if not any(getattr(s, a) == n for a, n in erased_names)]
 
     def expand(items):
         return [x for x in items for _ in range(seeds_per_prompt)]
@@ -113,6 +113,7 @@ def make_eval_set(concept: str, seeds_per_prompt: int = 2, seed: int = 1000) -> 
         other_scenes=other_scenes, other_prompts=[canonical_prompt(s) for s in other_scenes],
         other_seeds=[seed + 10_000 + i for i in range(len(other_scenes))],
         paraphrase_prompts=para, paraphrase_seeds=[seed + 20_000 + i for i in range(len(para))],
+        erased=erased_names,
     )
 
 
@@ -132,26 +133,52 @@ def generate(model, eval_set: EvalSet, unet=None, negative_prompt: str = "", par
     return EvalImages(concept, other, para)
 
 
+def kept_attributes(pred: dict[str, list[str]], scenes: list[Scene], erased: list[tuple[str, str]]) -> list[bool]:
+    """Per image: every attribute its scene names, except the erased concepts, read right. Scenes whose every
+    attribute was erased are left out."""
+    kept = []
+    for i, scene in enumerate(scenes):
+        named = [a for a in ATTRIBUTES if (a, getattr(scene, a)) not in erased]
+        if named:
+            kept.append(all(pred[a][i] == getattr(scene, a) for a in named))
+    return kept
+
+
+def becomes(pred: dict[str, list[str]], scenes: list[Scene]) -> dict[str, int]:
+    """What images of `scenes` show, as counts: their own shape, another shape, texture (no shape, but a colour)
+    or nothing (no shape, no colour: the empty canvas)."""
+    counts = {"same_shape": 0, "other_shape": 0, "texture": 0, "empty": 0}
+    for shape, color, scene in zip(pred["shape"], pred["color"], scenes):
+        if shape == scene.shape:
+            counts["same_shape"] += 1
+        elif shape != NONE:
+            counts["other_shape"] += 1
+        else:
+            counts["texture" if color != NONE else "empty"] += 1
+    return counts
+
+
 def score(judge, eval_set: EvalSet, images: EvalImages, before: EvalImages | None = None,
-          alternative: str | None = None) -> dict[str, float | None]:
+          alternative: str | None = None) -> dict:
     attr = eval_set.attribute
-    seen = judge.predict(images.concept)[attr]
+    seen = judge.predict(images.concept)
     other = judge.predict(images.other)
-    correct = [other["shape"][i] == s.shape and other["color"][i] == s.color and other["style"][i] == s.style
-               for i, s in enumerate(eval_set.other_scenes)]
-    result: dict[str, float | None] = {
-        "erased_rate": float(np.mean([p == eval_set.concept for p in seen])),
-        "preserved_acc": float(np.mean(correct)),
-        "divergence": None,
-        "alt_hit_rate": None,
+    correct = [all(other[a][i] == getattr(s, a) for a in ATTRIBUTES) for i, s in enumerate(eval_set.other_scenes)]
+    kept = kept_attributes(seen, eval_set.concept_scenes, eval_set.erased)
+    result: dict = {
+        "erased_rate": float(np.mean([p == eval_set.concept for p in seen[attr]])),
         "paraphrase_erased_rate": None,
+        "preserved_acc": float(np.mean(correct)),
+        "kept_rate": float(np.mean(kept)) if kept else None,
+        "alt_hit_rate": None,
+        "divergence": None,
+        "becomes": becomes(seen, eval_set.concept_scenes),
     }
     if before is not None:
         result["divergence"] = float((images.other - before.other).abs().mean())
     if alternative:
         alt_attr, alt_name = parse_concept(alternative)
-        alt_seen = judge.predict(images.concept)[alt_attr]
-        result["alt_hit_rate"] = float(np.mean([p == alt_name for p in alt_seen]))
+        result["alt_hit_rate"] = float(np.mean([p == alt_name for p in seen[alt_attr]]))
     if images.paraphrase.numel():
         para_seen = judge.predict(images.paraphrase)[attr]
         result["paraphrase_erased_rate"] = float(np.mean([p == eval_set.concept for p in para_seen]))

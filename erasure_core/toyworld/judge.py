@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..degeneration import LUMA
 from ..scrambled_grid import scramble_grid
-from .draw import blank_canvas, draw_scene
-from .world import COLOR_NAMES, NONE, SHAPE_NAMES, STYLE_NAMES, all_scenes
+from .draw import BACKGROUND, IMAGE_SIZE, blank_canvas, draw_scene
+from .world import COLOR_NAMES, NONE, SHAPE_NAMES, STYLE_NAMES, Scene, all_scenes
 
 HEADS = {"shape": SHAPE_NAMES + [NONE], "color": COLOR_NAMES + [NONE], "style": STYLE_NAMES + [NONE]}
 
@@ -48,34 +49,84 @@ class Judge(nn.Module):
         return {name: [HEADS[name][i] for i in out.argmax(1).tolist()] for name, out in logits.items()}
 
 
+IGNORE = -100  # a label not trained on (cross-entropy skips it): the image is ambiguous for that head
+
+# What the judge must read as "no shape": scrambles at every grid size a Scrambled Grid can have on a 32-px
+# image (2 = quarters ... 32 = single pixels, the fills' scramble) and pixel noise at every block size.
+SCRAMBLE_GRIDS = tuple(range(2, IMAGE_SIZE + 1))
+NOISE_SCALES = (1, 2, 4, 8, 16)
+
+
 def _labels(shape: str, color: str, style: str) -> tuple[int, int, int]:
     return HEADS["shape"].index(shape), HEADS["color"].index(color), HEADS["style"].index(style)
 
 
+def scramble_fill(style: str, grid: int) -> str | None:
+    """The fill a scramble of a `style` image shows: its own while a patch holds whole periods of the texture
+    (patches of 8 px or more hold a 6-px stripe or dot period), "none" once patches are smaller than a stripe (3 px
+    wide) and a dot (3.6 px across): 2 px or less; None (not trained on) between, where a patch can still hold a
+    stripe or a dot."""
+    patch = IMAGE_SIZE // grid
+    if patch >= 8:
+        return style
+    if patch <= 2:
+        return NONE
+    return None
+
+
+def scrambled_scene(scene: Scene, grid: int, rng: np.random.Generator, gen: torch.Generator):
+    """A scene cut into grid x grid patches and shuffled, and its labels: no shape; its colour, because every
+    pixel keeps its colour (a scramble of a red shape is still red); its fill per `scramble_fill`."""
+    clean = torch.from_numpy(draw_scene(scene, rng)).permute(2, 0, 1)[None]
+    image = scramble_grid(clean, grid, gen)
+    if torch.equal(image, clean):  # the identity permutation (1 in 24 at grid 2) still shows the shape
+        return clean[0].permute(1, 2, 0).numpy(), (scene.shape, scene.color, scene.style)
+    return image[0].permute(1, 2, 0).numpy(), (NONE, scene.color, scramble_fill(scene.style, grid))
+
+
+def pixel_noise(rng: np.random.Generator, scale: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Noise in square blocks of `scale` px: uniform colours, or the canvas with Gaussian noise of a random
+    strength (what a partly denoised or degenerated generation can look like)."""
+    cells = size // scale
+    if rng.random() < 0.5:
+        noise = rng.uniform(0, 1, size=(cells, cells, 3))
+    else:
+        noise = BACKGROUND + rng.normal(0, rng.uniform(0.05, 0.5), size=(cells, cells, 3))
+    return np.clip(np.kron(noise, np.ones((scale, scale, 1))), 0, 1).astype(np.float32)
+
+
+def greyscale(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) without its hue (DT's "desaturate" degeneration on one numpy image): shape and fill, no colour."""
+    luma = image @ np.array(LUMA, dtype=np.float32)
+    return np.repeat(luma[..., None], 3, axis=-1)
+
+
+def judge_example(rng: np.random.Generator, prng: random.Random) -> tuple[np.ndarray, tuple]:
+    """One training image and its (shape, colour, fill) names; a name of None is not trained on."""
+    scene = all_scenes()[prng.randrange(len(all_scenes()))]
+    r = prng.random()
+    if r < 0.50:
+        return draw_scene(scene, rng), (scene.shape, scene.color, scene.style)
+    if r < 0.56:
+        return greyscale(draw_scene(scene, rng)), (scene.shape, NONE, scene.style)
+    if r < 0.80:
+        # Every grid size, the coarse ones (whose pieces are large) twice as often.
+        grids = SCRAMBLE_GRIDS if prng.random() < 0.5 else SCRAMBLE_GRIDS[:3]
+        gen = torch.Generator().manual_seed(prng.randrange(2**31))
+        return scrambled_scene(scene, prng.choice(grids), rng, gen)
+    if r < 0.90:
+        return blank_canvas(rng), (NONE, NONE, NONE)
+    return pixel_noise(rng, prng.choice(NOISE_SCALES)), (NONE, NONE, NONE)
+
+
 def judge_batch(rng: np.random.Generator, prng: random.Random, size: int):
-    """Images (N,3,H,W) in [0,1] and labels (N,3): shapes, scrambled shapes, empty canvases, noise."""
-    scenes = all_scenes()
+    """Images (N,3,H,W) in [0,1] and labels (N,3): shapes (some without their colour), scrambles of every grid
+    size, empty canvases and pixel noise of every block size."""
     images, labels = [], []
     for _ in range(size):
-        r = prng.random()
-        scene = scenes[prng.randrange(len(scenes))]
-        if r < 0.70:
-            images.append(draw_scene(scene, rng))
-            labels.append(_labels(scene.shape, scene.color, scene.style))
-        elif r < 0.85:
-            # A scrambled shape keeps its colour and local texture but shows no shape.
-            img = torch.from_numpy(draw_scene(scene, rng)).permute(2, 0, 1)[None]
-            gen = torch.Generator().manual_seed(prng.randrange(2**31))
-            img = scramble_grid(img, prng.choice([4, 8]), gen)[0].permute(1, 2, 0).numpy()
-            images.append(img)
-            labels.append(_labels(NONE, scene.color, scene.style))
-        elif r < 0.95:
-            images.append(blank_canvas(rng))
-            labels.append(_labels(NONE, NONE, NONE))
-        else:
-            noise = rng.uniform(0, 1, size=(8, 8, 3)).astype(np.float32)
-            images.append(np.kron(noise, np.ones((4, 4, 1), dtype=np.float32)))
-            labels.append(_labels(NONE, NONE, NONE))
+        image, names = judge_example(rng, prng)
+        images.append(image)
+        labels.append(tuple(IGNORE if n is None else HEADS[h].index(n) for h, n in zip(HEADS, names)))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor(labels)
 
@@ -94,9 +145,14 @@ def train_judge(vae, steps: int, seed: int, log=print, batch: int = 64) -> Judge
             with torch.no_grad():
                 recon = vae.decode(vae.encode(x[:half] * 2 - 1).latent_dist.mean).sample
             x = torch.cat([(recon.clamp(-1, 1) + 1) / 2, x[half:]])
-        x = (x + torch.randn_like(x) * 0.02).clamp(0, 1)
+        # Brightness (0.85-1.1) and per-channel gains (0.95-1.05) vary, so a generation's slightly darker or shifted
+        # colour still reads as its colour (not as "none"); then pixel noise of a random strength per image, none to
+        # 0.03, so clean drawings read as well as noisy ones.
+        x = x * (0.85 + 0.25 * torch.rand(len(x), 1, 1, 1)) * (0.95 + 0.1 * torch.rand(len(x), 3, 1, 1))
+        strength = torch.rand(len(x), 1, 1, 1) * 0.03
+        x = (x + torch.randn_like(x) * strength).clamp(0, 1)
         logits = judge(x)
-        loss = sum(F.cross_entropy(logits[name], y[:, i]) for i, name in enumerate(HEADS))
+        loss = sum(F.cross_entropy(logits[name], y[:, i], ignore_index=IGNORE) for i, name in enumerate(HEADS))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -129,3 +185,46 @@ def heldout_accuracy(judge: Judge, count: int = 960, seed: int = 12345) -> dict[
         "color": float(np.mean([p == s.color for p, s in zip(pred["color"], chosen)])),
         "style": float(np.mean([p == s.style for p, s in zip(pred["style"], chosen)])),
     }
+
+
+@torch.no_grad()
+def negative_accuracy(judge: Judge, per_case: int = 48, seed: int = 54321) -> dict[str, float]:
+    """How the judge reads what is not a clean shape, on fresh images (a seed never trained on); each value is
+    the worst case over grid sizes or noise scales:
+    - scramble_shape_none: scrambles (grid 2..32) read as no shape
+    - scramble_fill_none: scrambles whose patches are smaller than a stripe and a dot (2 px or less, DT's fill
+      scramble among them) read as no fill
+    - scramble_color_kept: scrambles read as their colour (every pixel keeps it)
+    - noise_none: pixel noise of every block size read as no shape, no colour and no fill
+    - blank_none: empty canvases read as no shape, no colour and no fill
+    - grey_color_none: shapes without their hue read as no colour, with their shape and fill right
+    """
+    rng, prng = np.random.default_rng(seed), random.Random(seed)
+    scenes = all_scenes()
+
+    def read(images: list[np.ndarray]) -> dict[str, list[str]]:
+        return judge.predict(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))
+
+    shape_none, fill_none, color_kept = [], [], []
+    for grid in SCRAMBLE_GRIDS:
+        chosen = [scenes[prng.randrange(len(scenes))] for _ in range(per_case)]
+        gen = torch.Generator().manual_seed(seed + grid)
+        pairs = [scrambled_scene(s, grid, rng, gen) for s in chosen]
+        pred = read([image for image, _ in pairs])
+        shape_none.append(np.mean([p == NONE for p in pred["shape"]]))
+        color_kept.append(np.mean([p == s.color for p, s in zip(pred["color"], chosen)]))
+        if scramble_fill(STYLE_NAMES[0], grid) == NONE:
+            fill_none.append(np.mean([p == NONE for p in pred["style"]]))
+    noise_none = []
+    for scale in NOISE_SCALES:
+        pred = read([pixel_noise(rng, scale) for _ in range(per_case)])
+        noise_none.append(np.mean([all(pred[h][i] == NONE for h in HEADS) for i in range(per_case)]))
+    pred = read([blank_canvas(rng) for _ in range(per_case)])
+    blank_none = np.mean([all(pred[h][i] == NONE for h in HEADS) for i in range(per_case)])
+    chosen = [scenes[i % len(scenes)] for i in range(per_case)]
+    pred = read([greyscale(draw_scene(s, rng)) for s in chosen])
+    grey = np.mean([pred["color"][i] == NONE and pred["shape"][i] == s.shape and pred["style"][i] == s.style
+                    for i, s in enumerate(chosen)])
+    return {"scramble_shape_none": float(min(shape_none)), "scramble_fill_none": float(min(fill_none)),
+            "scramble_color_kept": float(min(color_kept)), "noise_none": float(min(noise_none)),
+            "blank_none": float(blank_none), "grey_color_none": float(grey)}

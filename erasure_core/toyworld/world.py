@@ -93,3 +93,16 @@ def vocabulary_words() -> list[str]:
             if token not in ("color", "style", "shape"):
                 words.add(token)
     return sorted(words)
+
+
+ATTRIBUTE_TABLES = {"shape": SHAPES, "style": STYLES, "color": COLORS}
+
+
+def find_concept(text: str) -> tuple[str, str] | None:
+    """'disc' -> ('shape', 'circle'): which attribute a toy-world word names and its canonical name; None if none."""
+    word = text.strip().lower()
+    for attribute, table in ATTRIBUTE_TABLES.items():
+        for name, wordings in table.items():
+            if word in wordings:
+                return attribute, name
+    return None

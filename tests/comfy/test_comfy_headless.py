@@ -125,13 +125,16 @@ def test_preserve_weight_widget_reaches_the_training(pack, tiny):
     from erasure_core.methods.cg import CGConfig
     from erasure_core.methods.dt import DTConfig
 
-    for node, default in (("ConceptEraser_EraseDT", DTConfig.preserve_weight),
-                          ("ConceptEraser_EraseCG", CGConfig.preserve_weight)):
+    # node -> its default, and the widgets added after preserve_weight (each new one goes last)
+    for node, default, newer in (("ConceptEraser_EraseDT", DTConfig.preserve_weight, ["degeneration"]),
+                                 ("ConceptEraser_EraseCG", CGConfig.preserve_weight, [])):
         info = pack[node].GET_NODE_INFO_V1()
         assert "preserve_weight" not in info["input"]["required"]
         assert info["input"]["optional"]["preserve_weight"][1]["default"] == default
         widgets = [name for name, spec in input_specs(info) if is_widget(spec)]  # the frontend's order
-        assert widgets[-1] == "preserve_weight", "a new widget goes last, after every saved workflow's values"
+        assert widgets[-1 - len(newer):] == ["preserve_weight", *newer], \
+            "a new widget goes last, after every saved workflow's values"
+        assert all(name in info["input"]["optional"] for name in newer)
     model, clip, _ = tiny
     default = run_cg(pack, model, clip).args[2]["loss"]
     assert run_cg(pack, model, clip, preserve_weight=CGConfig.preserve_weight).args[2]["loss"] == default
