@@ -234,9 +234,10 @@ class PlainDiffusersLoop:
 def method_options(world: str, method: str, latent_side: int, batch: int, steps: int, short_setup: bool) -> dict:
     """The method's options: bench/quality.py's on the toy world; a minimal setup on the full-size model."""
     if world == "toy":
-        from quality import method_settings
+        from quality import ROWS, row_options
 
-        options = dict(method_settings("object")[method][1], steps=steps, batch_size=batch)
+        row = next(r for r in ROWS if r.name == method)  # the defaults for an object, on "circle"
+        options = dict(row_options(row, "circle"), steps=steps, batch_size=batch)
         if short_setup:  # option rows time the step only: sample less before training
             options.update(templates={"circle": options["templates"]["circle"][:3]}, sample_steps=5)
         return options
