@@ -72,6 +72,11 @@ class Conditioning:
         return NotImplemented
 
 
+def cross_attention_context(text: torch.Tensor | Conditioning) -> torch.Tensor:
+    """What cross-attention's keys and values read: the tensor itself, or SDXL's `context` part."""
+    return text["context"] if isinstance(text, Conditioning) else text
+
+
 def zero_empty_prompts(conditioning: Conditioning, prompts: list[str], keep: tuple[str, ...] = ()) -> Conditioning:
     """Zero the rows of empty prompts in every part except `keep`: SDXL's "no prompt" (its trainers dropped
     captions as zeroed embeddings; diffusers' `force_zeros_for_empty_prompt`, the webui's zeroed negative)."""

@@ -14,8 +14,14 @@ KINDS = ("object", "style", "color")  # what a concept is: a thing, a look (styl
 
 STEPS = 300  # the length and batch every table and sweep of README "Quality" and "Choosing the defaults" ran
 BATCH_SIZE = 16
+# How a run fits its device (erasure_core/memory.py), the same for every method and kind: the memory plan is made
+# before any work and, when the run does not fit, "auto" applies result-neutral changes first (checkpointing,
+# micro-batches) and says which; checkpointing and bf16 activations on CUDA, not on the CPU (README "Will it
+# fit?"); the whole batch in one UNet call unless the plan splits it.
+MEMORY = dict(memory="auto", checkpointing="auto", precision="auto", micro_batch=None)
 
-# method -> kind -> settings. Steps and batch size are the same for every trained method (above).
+# method -> kind -> settings. Steps, batch size and the memory settings are the same for every method (above);
+# rank None trains (or edits) the group's full weights, r a LoRA of rank r.
 SETTINGS: dict[str, dict[str, dict]] = {
     "dt": {
         # A LoRA of rank 8 over the whole UNet: full weights of all of SD1.5's UNet need ~14 GB for weights,
@@ -30,21 +36,23 @@ SETTINGS: dict[str, dict[str, dict]] = {
                       degeneration="desaturate"),
     },
     "cg": {
-        "object": dict(group="cross_attn", lr=5e-4, preserve_weight=10.0, drift_weight=1.0),
-        "style": dict(group="cross_attn", lr=5e-4, preserve_weight=10.0, drift_weight=1.0),
-        "color": dict(group="cross_attn", lr=5e-4, preserve_weight=10.0, drift_weight=1.0),
+        "object": dict(group="cross_attn", rank=None, lr=5e-4, preserve_weight=10.0, drift_weight=1.0),
+        "style": dict(group="cross_attn", rank=None, lr=5e-4, preserve_weight=10.0, drift_weight=1.0),
+        "color": dict(group="cross_attn", rank=None, lr=5e-4, preserve_weight=10.0, drift_weight=1.0),
     },
     # ESD-x (cross-attention) for every kind: ESD-u, the paper's group for objects, needs full weights of nearly the
     # whole UNet (more than 8 GB on SD1.5) and as a rank-8 LoRA did worse on circle. No lr erased and preserved: on
     # circle 1e-5 left 0.79 of the circles, 2e-5 erased all and kept preserved at 0.750 (original 0.958), 3e-5 0.583;
     # on striped 3e-5 erased all with 0.72 preserved (1e-4: 0.16). Colours: the style setting, not swept on green.
     "esd": {
-        "object": dict(group="cross_attn", lr=2e-5, eta=1.0),
-        "style": dict(group="cross_attn", lr=3e-5, eta=1.0),
-        "color": dict(group="cross_attn", lr=3e-5, eta=1.0),
+        "object": dict(group="cross_attn", rank=None, lr=2e-5, eta=1.0),
+        "style": dict(group="cross_attn", rank=None, lr=3e-5, eta=1.0),
+        "color": dict(group="cross_attn", rank=None, lr=3e-5, eta=1.0),
     },
-    "ca": {kind: dict(group="cross_attn_kv", lr=1e-4) for kind in KINDS},
-    "uce": {kind: dict(group="cross_attn_kv", lamb=0.5, erase_scale=1.0, preserve_scale=0.1) for kind in KINDS},
+    "ca": {kind: dict(group="cross_attn_kv", rank=None, lr=1e-4) for kind in KINDS},
+    # A closed-form edit of full weights (no steps, batch or learning rate of its own): the paper's code's constants.
+    "uce": {kind: dict(group="cross_attn_kv", rank=None, lamb=0.5, erase_scale=1.0, preserve_scale=0.1)
+            for kind in KINDS},
 }
 
 # Words that name a colour: a concept made only of them is a colour whatever the model.
@@ -56,8 +64,8 @@ COLOR_WORDS = frozenset((
 
 
 def settings(method: str, kind: str = "object") -> dict:
-    """Steps, batch size and the method's own settings for a kind of concept (a new dict)."""
-    return {"steps": STEPS, "batch_size": BATCH_SIZE, **SETTINGS[method][kind]}
+    """Steps, batch size, the memory settings and the method's own settings for a kind of concept (a new dict)."""
+    return {"steps": STEPS, "batch_size": BATCH_SIZE, **MEMORY, **SETTINGS[method][kind]}
 
 
 def kind_from_words(concepts: list[str]) -> str | None:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .conditioning import Conditioning
+from .conditioning import cross_attention_context
 from .errors import ErasureInputError
 from .trainable import select_modules, trained_numel
 
@@ -278,17 +278,24 @@ def plan_memory(model, method: str, config, available: int | None | bool = True)
     n_trained = trained_numel(unet, config.group, config.rank)
     latent_bytes = math.prod(model.latent_shape) * 4
     text = model.encode_text([""])
-    context_shape = tuple((text["context"] if isinstance(text, Conditioning) else text).shape[1:])
+    context_shape = tuple(cross_attention_context(text).shape[1:])
     image_bytes = 3 * getattr(model, "image_size", model.latent_shape[1] * 8) ** 2 * 4
     others = [getattr(model, m, None) for m in ("text_encoder", "text_encoder_2", "vae")]  # where this process holds them
     resident = module_bytes(unet) + sum(module_bytes(m) for m in others if isinstance(m, nn.Module))
+    cached = config.cached_bytes(latent_bytes, image_bytes, math.prod(context_shape) * 4)
+    free = free_memory(device) if available is True else available
+    if not config.trains():  # a closed-form edit: no gradients, optimiser state or activations
+        parts = {"frozen model (loaded)": resident, "edited copy (fp32)": 4 * n_trained, "cached tensors": cached,
+                 "closed-form solve (fp64)": solve_bytes(layout, config.group)}
+        settings = f"{method}, {config.group} closed-form edit ({n_trained / 1e6:.1f} M weights), no training"
+        return MemoryPlan(str(device), parts, resident, free, settings)
     rows = config.training_rows()
     parts = {
         "frozen model (loaded)": resident,
         "trained copy (fp32)": 4 * n_trained,
         "gradients (fp32)": 4 * n_trained,
         "optimiser state (AdamW)": 8 * n_trained,
-        "cached tensors": config.cached_bytes(latent_bytes, image_bytes, math.prod(context_shape) * 4),
+        "cached tensors": cached,
         f"activations ({rows} rows)": saved_activations(layout, rows, model.latent_shape, context_shape, trained,
                                                         precision_dtype).peak(checkpointing, lora=config.rank is not None),
     }
@@ -297,8 +304,14 @@ def plan_memory(model, method: str, config, available: int | None | bool = True)
                 f"{model.latent_shape[1]}x{model.latent_shape[2]} latents, "
                 f"{'bf16' if precision_dtype == torch.bfloat16 else 'fp32'} activations"
                 f"{', gradient checkpointing' if checkpointing else ''}")
-    free = free_memory(device) if available is True else available
     return MemoryPlan(str(device), parts, resident, free, settings)
+
+
+def solve_bytes(unet: nn.Module, group: str) -> int:
+    """Peak workspace of a closed-form edit done one layer at a time in fp64 (UCE): for a layer of `o` outputs and
+    `i` inputs, the i x i system with its identity and its two sums, and the o x i weight, its two products and the
+    result."""
+    return max(8 * (4 * i * i + 4 * o * i) for o, i in (m.weight.shape[:2] for _, m in select_modules(unet, group)))
 
 
 def _steps_to_fit(config, device: torch.device) -> list[tuple[str, dict]]:
@@ -338,6 +351,11 @@ def fit(model, method: str, config, plan: MemoryPlan):
     if plan.fits or mode == "off":
         return config, plan
     device = torch.device(model.device)
+    if not config.trains():
+        raise ErasureInputError("memory", f"the edit needs {plan.needed / GiB:.1f} GiB more but "
+                                f"{plan.available / GiB:.1f} GiB is free on {plan.device} ({plan.settings})",
+                                "use a device with more memory: a closed-form edit trains nothing, so no setting "
+                                "makes it smaller")
     steps = _steps_to_fit(config, device)
     if mode == "auto":
         changes, current = [], config

@@ -144,9 +144,11 @@ class EraseConceptDT(io.ComfyNode):
                     io.Combo.Input("degeneration", options=["auto", *DEGENERATIONS], default="auto", optional=True,
                                    tooltip="What the concept's images become. scramble: the scrambled grid (objects, "
                                            "styles); it keeps every pixel's colour, so it cannot erase a colour. "
-                                           "desaturate: the images in grey, which erases a colour and keeps the "
-                                           "object. auto: desaturate when the concept is a colour word, else "
-                                           "scramble.")],
+                                           "desaturate: the images in grey; it keeps the object, but on the toy "
+                                           "world's tuning colour the colour stayed in 0.625 of the images, so "
+                                           "to erase a colour use Classifier Guidance with another colour as the "
+                                           "alternative. auto: desaturate when the concept is a colour word, "
+                                           "else scramble.")],
             outputs=OUTPUTS, hidden=[io.Hidden.unique_id])
 
     @classmethod

@@ -12,7 +12,7 @@ from torch import nn
 
 from erasure_core import memory, training
 from erasure_core.errors import ErasureInputError, TrainingDiverged
-from erasure_core.methods import METHODS, CGConfig, DTConfig, ESDConfig
+from erasure_core.methods import METHODS, CAConfig, CGConfig, DTConfig, ESDConfig, UCEConfig
 from erasure_core.toyworld import evaluate as toy_eval
 
 GiB = memory.GiB
@@ -106,7 +106,7 @@ def _tensor_bytes(value, seen: set, skip: set) -> int:
 
 @pytest.mark.parametrize("cls, method, overrides", [
     (CGConfig, "cg", {}), (CGConfig, "cg", {"alternatives": ["square"]}), (ESDConfig, "esd", {}),
-    (DTConfig, "dt", {"images_per_prompt": 1}),
+    (DTConfig, "dt", {"images_per_prompt": 1}), (CAConfig, "ca", {"alternatives": ["square"]}),
 ])
 def test_the_cached_part_is_what_the_method_keeps(toy_model, monkeypatch, cls, method, overrides):
     """What the training loop's closure holds (trajectories, targets, latents, contexts) is what the plan says."""
@@ -183,7 +183,9 @@ def test_every_default_fits_an_8_gb_gpu_on_sd15_without_changing_what_is_trained
 # The smallest card each default fits on SDXL base at 1024 px. cg trains three UNet rows per batch element
 # (concept, unconditional, preserve): at micro-batch 1 its activations plan 4.3 GiB, 4.65 GiB new in all, over the
 # 90% of the 4.9 GiB a 12 GB card leaves free beside the 6.6 GiB model, so cg needs 13 GB.
-XL_CARDS = {"dt": 12, "esd": 12, "cg": 13}
+# ca's full weights of the keys and values (341 M) fit 10 GB as a LoRA of rank 8 at micro-batch 1; uce's edit trains
+# nothing and needs 1.5 GiB beside the model.
+XL_CARDS = {"dt": 12, "esd": 12, "cg": 13, "ca": 10, "uce": 10}
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +209,39 @@ def test_every_default_fits_a_12_to_13_gb_gpu_on_sdxl_keeping_the_group(method, 
     assert all(c.startswith(("gradient checkpointing", "micro-batches", "LoRA rank 8")) for c in plan.changes), \
         plan.changes
     assert fitted.group == config.group and fitted.rank in (config.rank, 8)
+
+
+def test_a_closed_form_edit_plans_what_it_holds_and_no_training(toy_model, monkeypatch):
+    """UCE's plan: the frozen model, the edited copy of the keys and values (the real tensors), the text rows it
+    solves with (at most what the plan says) and one layer's fp64 solve; no gradients, optimiser or activations."""
+    from erasure_core.methods import uce
+    from erasure_core.trainable import trained_numel
+
+    config = toy_config(UCEConfig, alternatives=["square"], preserve_prompts=["a blue solid square"])
+    plan = memory.plan_memory(toy_model, "uce", config, available=None)
+    assert list(plan.parts) == ["frozen model (loaded)", "edited copy (fp32)", "cached tensors",
+                                "closed-form solve (fp64)"]
+    assert plan.parts["edited copy (fp32)"] == 4 * trained_numel(toy_model.unet, "cross_attn_kv", None)
+    held, real_edit = {}, uce.uce_edit
+
+    def inspect(weight, concept_keys, guide_keys, keep_keys, *args):
+        held["rows"] = sum(t.numel() * t.element_size() for t in (concept_keys, guide_keys, keep_keys))
+        return real_edit(weight, concept_keys, guide_keys, keep_keys, *args)
+
+    monkeypatch.setattr(uce, "uce_edit", inspect)
+    result = uce.erase_uce(toy_model, config)
+    assert held["rows"] * 3 <= plan.parts["cached tensors"]  # fp32 rows and their fp64 copies fit the plan
+    assert result.memory_plan is not None and "no training" in result.memory_plan.settings
+
+
+def test_a_closed_form_edit_that_does_not_fit_is_refused_with_what_to_do(toy_model, monkeypatch):
+    from erasure_core.methods.uce import erase_uce
+
+    config = toy_config(UCEConfig)
+    monkeypatch.setattr(memory, "free_memory", lambda device: 1024)
+    with pytest.raises(ErasureInputError, match="^memory: the edit needs .* GiB more") as info:
+        erase_uce(toy_model, config)
+    assert "more memory" in info.value.fix and "trains nothing" in info.value.fix
 
 
 def test_check_refuses_before_any_work_naming_changes_that_fit(toy_model, monkeypatch, no_sampling_anywhere):

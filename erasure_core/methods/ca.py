@@ -94,7 +94,8 @@ def erase_ca(model: DiffusionModel, config: CAConfig, progress: ProgressFn | Non
         keep = preserve_pool(model, list(config.preserve_prompts), 1, config.seed + 100_000, config.sample_steps,
                              config.guidance)
 
-    tuned, params = make_trainable(model.unet, config.group, config.rank, checkpointing_for(config, model.device))
+    tuned, params = make_trainable(model.unet, config.group, config.rank, checkpointing_for(config, model.device),
+                                   config.seed)
     tuned.train()
 
     def loss_fn(step: int, rows: int) -> torch.Tensor:

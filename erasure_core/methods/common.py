@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import checks, erasure_file
-from ..defaults import BATCH_SIZE, KINDS, STEPS, guess_kind
+from ..defaults import BATCH_SIZE, KINDS, MEMORY, STEPS, guess_kind
 from ..errors import ErasureInputError
 from ..layouts import file_layer_name
 from ..naming import erasure_stem
@@ -37,18 +37,18 @@ class EraseConfig:
     rank: int | None = None  # None: full weights of the group; r: LoRA of rank r
     seed: int = 0
     batch_size: int = BATCH_SIZE
-    micro_batch: int | None = None  # rows of the batch per UNet call (None: all); same update, less memory
+    micro_batch: int | None = MEMORY["micro_batch"]  # rows per UNet call (None: all); same update, less memory
     sample_steps: int = 25  # DDIM steps for the frozen model's own images/trajectories
     guidance: float = 7.5  # SD1.x's usual CFG; the toy world uses 1.5 (toyworld.evaluate.toy_options)
     # Speed/memory (bench/results/speed.md). checkpointing: recompute activations in the backward pass, less
     # memory for 1.2-1.6x the step time. precision: "auto" is bf16 autocast on CUDA and fp32 on CPU; "bf16" also
     # on CPU (faster for full-size models on CPUs with native bf16, slower on the toy world); fp32 masters always.
-    checkpointing: bool | str = "auto"  # "auto": on for CUDA, off on the CPU
-    precision: str = "auto"
+    checkpointing: bool | str = MEMORY["checkpointing"]  # "auto": on for CUDA, off on the CPU
+    precision: str = MEMORY["precision"]
     # The memory plan (erasure_core/memory.py) is made before any work. "auto": when the run does not fit the
     # device's free memory, apply changes until it does (result-neutral ones first: checkpointing, micro-batches)
     # and say which; "check": refuse it, naming the changes that would fit; "off": no plan.
-    memory: str = "auto"
+    memory: str = MEMORY["memory"]
     # What the concepts are (erasure_core/defaults.KINDS): picks the defaults a host fills in and the advice of
     # `warnings`; None = as far as the words tell (defaults.guess_kind).
     kind: str | None = None
@@ -107,6 +107,10 @@ class EraseConfig:
         self.guidance = checks.real_number("guidance", self.guidance, 0.0, 100.0, "use e.g. 7.5")
 
     # -- what the memory plan (erasure_core/memory.py) needs to know of a method --------------------------
+    def trains(self) -> bool:
+        """False for a closed-form edit (UCE): no gradients, optimiser state or activations to plan."""
+        return True
+
     def rows_per_element(self) -> int:
         """UNet rows the method stacks into one call per batch element (concept, unconditional, preserve…)."""
         return 1

@@ -61,7 +61,7 @@ class DTConfig(EraseConfig):
     # ...through a LoRA of rank 8: full weights of the whole SD1.5 UNet need ~14 GB for weights, gradients and AdamW
     # states alone, a rank-8 LoRA fits an 8 GB GPU (README "Will it fit?"). On the tuning concept it erased as fully
     # and preserved as well as the full weights did at lr 1e-4 (README "Choosing the defaults").
-    rank: int | None = _OBJECT.get("rank")
+    rank: int | None = _OBJECT["rank"]
     lr: float = _OBJECT["lr"]
 
     def chosen_degeneration(self) -> str:

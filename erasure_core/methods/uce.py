@@ -20,12 +20,13 @@ from dataclasses import dataclass
 import torch
 
 from .. import checks
+from ..conditioning import cross_attention_context
 from ..defaults import SETTINGS
 from ..errors import ErasureCancelled, ErasureInputError
 from ..model import DiffusionModel
 from ..trainable import make_trainable, select_modules
 from ..training import CancelFn, ProgressFn
-from .common import EraseConfig, ErasureResult, finish, guard_memory
+from .common import EraseConfig, ErasureResult, finish, guard_memory, prepare
 
 
 _OBJECT = SETTINGS["uce"]["object"]  # the defaults (erasure_core/defaults.py): the paper's code's constants
@@ -50,6 +51,15 @@ class UCEConfig(EraseConfig):
         self.erase_scale = checks.weight("erase scale", self.erase_scale, 1.0)
         self.preserve_scale = checks.weight("preserve scale", self.preserve_scale, 0.1)
 
+    def trains(self) -> bool:  # the memory plan: an edit, no training
+        return False
+
+    def cached_bytes(self, latent: int, image: int, context: int) -> int:
+        # Each concept prompt's rows and its guide's (at most a whole context each), every token of the preserve
+        # prompts and of "", held in fp32 and, during each layer's solve, again in fp64.
+        contexts = 2 * self.n_concept_prompts() + len(set(self.preserve_prompts) | {""})
+        return 3 * contexts * context
+
 
 def uce_edit(weight: torch.Tensor, concept_keys: torch.Tensor, guide_keys: torch.Tensor, keep_keys: torch.Tensor,
              lamb: float, erase_scale: float, preserve_scale: float) -> torch.Tensor:
@@ -67,14 +77,14 @@ def last_token_index(model: DiffusionModel, text: str) -> int:
 
     Found from the encoder itself, so every host's model works without its tokenizer: a causal text
     encoder gives `text` and `text` + one more word equal rows up to `text`'s last token."""
-    a, b = model.encode_text([text, f"{text} and"]).float()
+    a, b = cross_attention_context(model.encode_text([text, f"{text} and"])).float()
     differs = ((a - b).abs().amax(dim=-1) > 1e-4 * a.abs().amax()).nonzero()
     return int(differs[0]) - 1 if len(differs) else len(a) - 1
 
 
 def aligned_rows(model: DiffusionModel, prompt: str, end: int, guide: str, guide_end: int):
     """The rows from each prompt's `end` token to the last row, cut to one length (the paper's alignment)."""
-    old, new = model.encode_text([prompt, guide]).float()
+    old, new = cross_attention_context(model.encode_text([prompt, guide])).float()
     farthest = max(end, guide_end)
     return old[end:len(old) - (farthest - end)], new[guide_end:len(new) - (farthest - guide_end)]
 
@@ -84,6 +94,7 @@ def aligned_rows(model: DiffusionModel, prompt: str, end: int, guide: str, guide
 def erase_uce(model: DiffusionModel, config: UCEConfig, progress: ProgressFn | None = None,
               should_cancel: CancelFn | None = None) -> ErasureResult:
     config.validate()
+    config, plan = prepare(model, "uce", config)  # the memory plan (an edit's: no training parts), before any work
     started = time.time()
     concept_rows, guide_rows = [], []
     for concept, alt in zip(config.concepts, config.alternatives):
@@ -98,7 +109,8 @@ def erase_uce(model: DiffusionModel, config: UCEConfig, progress: ProgressFn | N
             concept_rows.append(c)
             guide_rows.append(g)
     keys, guides = torch.cat(concept_rows), torch.cat(guide_rows)
-    keep = model.encode_text(list(dict.fromkeys(list(config.preserve_prompts) + [""]))).float().flatten(0, 1)
+    keep = cross_attention_context(model.encode_text(list(dict.fromkeys(list(config.preserve_prompts) + [""]))))
+    keep = keep.float().flatten(0, 1)
 
     tuned, _ = make_trainable(model.unet, config.group, None)
     residual = []
@@ -114,4 +126,4 @@ def erase_uce(model: DiffusionModel, config: UCEConfig, progress: ProgressFn | N
         if progress is not None:
             progress(i + 1, len(names), residual[-1])
     # One "loss": the mean squared distance of the edited concept values from their guides.
-    return finish("uce", config, model.unet, tuned, [sum(residual) / len(residual)], started)
+    return finish("uce", config, model.unet, tuned, [sum(residual) / len(residual)], started, plan)
