@@ -444,8 +444,8 @@ def on_method_change(method: str, kind: str = "object"):
     import gradio as gr
 
     chosen = method_defaults(method, kind)
-    return (gr.update(value=chosen["lr"]), gr.update(value=chosen["group"]), gr.update(value=chosen["steps"]),
-            gr.update(value=chosen.get("rank") or 0))
+    lr = gr.update(value=chosen["lr"]) if "lr" in chosen else gr.update()  # UCE, an edit, has no learning rate
+    return lr, gr.update(value=chosen["group"]), gr.update(value=chosen["steps"]), gr.update(value=chosen.get("rank") or 0)
 
 
 def on_concepts_change(concepts: str, kind: str):

@@ -118,11 +118,13 @@ def test_blocks_build_and_method_defaults():
     from erasure_core import defaults
 
     for kind in defaults.KINDS:
-        for method in ("esd", "dt"):
+        for method in ("esd", "dt", "ca"):
             lr, group, steps, rank = ui_blocks.on_method_change(method, kind)
             expected = defaults.settings(method, kind)
             assert (lr["value"], group["value"], steps["value"], rank["value"]) == \
                 (expected["lr"], expected["group"], expected["steps"], expected.get("rank") or 0)
+        lr, group, _, rank = ui_blocks.on_method_change("uce", kind)  # an edit: the learning rate stays as it is
+        assert "value" not in lr and (group["value"], rank["value"]) == ("cross_attn_kv", 0)
     assert ui_blocks.on_concepts_change("crimson", "object")["value"] == "color"  # the words tell
     assert "value" not in ui_blocks.on_concepts_change("van gogh", "style")  # they do not: the choice stays
     assert "value" not in ui_blocks.on_concepts_change("circle", "object")  # no change, no change event

@@ -1,6 +1,7 @@
-"""bench/quality.py --quick: held-out concepts (never used to choose a setting), each kind, fewer steps, one seed
-per prompt. The bars are the quality targets loosened for the shorter training and the smaller evaluation set (one
-image moves a rate by 1/12 to 1/36 here)."""
+"""bench/quality.py --quick: held-out concepts (never used to choose a setting), one of each kind, one seed per
+prompt, the trained rows shorter (bench/quality.py QUICK says which rows run on which concept, and why). The bars
+are the quality targets loosened for the shorter training and the smaller evaluation set (one image moves a rate
+by 1/12 to 1/36 here)."""
 import sys
 from pathlib import Path
 
@@ -17,27 +18,30 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     out = tmp_path_factory.mktemp("quality")
-    rows = [row for row in quality.ROWS if row.name in quality.QUICK["rows"]]
-    found = quality.run_bench(out, quality.QUICK["concepts"], rows, quality.QUICK["overrides"],
-                              quality.QUICK["seeds_per_prompt"], log=lambda m: None)
+    found = quality.run_bench(out, quality.quick_plan(), quality.QUICK["overrides"], quality.QUICK["seeds_per_prompt"],
+                              log=lambda m: None)
     return {(r["concept"], r["row"]): r for r in found}
 
 
+def rows_named(records, *names):
+    chosen = [r for (_, row), r in records.items() if row in names]
+    assert chosen, names  # the subset runs them
+    return chosen
+
+
 def test_quick_subset_is_held_out_and_covers_every_kind(records):
-    concepts = {c for c, _ in records}
-    assert not any(is_tuning(c) for c in concepts)
+    assert set(records) == {(c, row) for c, rows in quality.QUICK["rows"].items() for row in rows}
+    assert not any(is_tuning(c) for c, _ in records)
     assert {r["kind"] for r in records.values()} == {"object", "style", "color"}
 
 
 def test_the_original_draws_every_concept(records):
-    for concept in quality.QUICK["concepts"]:
-        assert records[concept, "original"]["erased_rate"] >= 0.9
+    for r in rows_named(records, "original"):
+        assert r["erased_rate"] >= 0.9, r
 
 
-@pytest.mark.parametrize("row", ["cg_alt", "uce_alt"])
-def test_alternative_rows_erase_keep_and_hit(records, row):
-    for concept in quality.QUICK["concepts"]:
-        r = records[concept, row]
+def test_alternative_rows_erase_keep_and_hit(records):
+    for r in rows_named(records, "uce_alt", "cg_alt"):
         assert r["erased_rate"] <= 0.10 and r["paraphrase_erased_rate"] <= 0.15, r
         assert r["preserved_drop"] <= 0.06, r
         assert r["alt_hit_rate"] >= 0.70, r
@@ -45,9 +49,8 @@ def test_alternative_rows_erase_keep_and_hit(records, row):
             assert r["kept_rate"] >= 0.80, r
 
 
-def test_dt_erases_with_its_kinds_defaults(records):
-    for concept in quality.QUICK["concepts"]:
-        r = records[concept, "dt"]
+def test_dt_erases_a_held_out_shape_and_keeps_the_rest(records):
+    for r in rows_named(records, "dt"):
+        assert r["kind"] == "object", r  # fills: the judge cannot read DT's scrambles yet; colours: DT warns
+        assert r["erased_rate"] <= 0.10 and r["paraphrase_erased_rate"] <= 0.15, r
         assert r["preserved_drop"] <= 0.06, r
-        if r["kind"] != "color":  # DT does not erase a colour; it says so before training (test_defaults.py)
-            assert r["erased_rate"] <= 0.10, r

@@ -50,7 +50,7 @@ def test_diffusers_xl_encodes_like_the_pipeline(toy_xl_model):
         model.force_zeros_for_empty_prompt = True
 
 
-@pytest.mark.parametrize("method", ["esd", "cg", "dt"])
+@pytest.mark.parametrize("method", ["esd", "cg", "dt", "ca", "uce"])
 def test_every_method_runs_unchanged_and_writes_kohyas_sdxl_layout(toy_xl_model, method, tmp_path):
     """Each method's own erase_* call, two steps, on an SDXL-architecture toy; the file names layers as kohya's SDXL
     LoRAs do, and applied by name it reproduces the trained copy."""
@@ -62,8 +62,10 @@ def test_every_method_runs_unchanged_and_writes_kohyas_sdxl_layout(toy_xl_model,
     config_cls, erase = METHODS[method]
     options = dict(concepts=["circle"], steps=2, sample_steps=2, batch_size=2, templates=["a red solid {}"],
                    preserve_prompts=["a blue solid square"], rank=2, lr=1e-3)
-    if method == "cg":
+    if method in ("cg", "ca", "uce"):
         options["alternatives"] = ["square"]
+    if method == "uce":  # a closed-form edit of the keys' and values' full weights
+        options.update(rank=None, group="cross_attn_kv")
     result = erase(model, config_cls(**options))
     assert all(torch.equal(v, before[k]) for k, v in model.unet.state_dict().items()), "the input model is untouched"
     assert result.metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"

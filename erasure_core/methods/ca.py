@@ -26,7 +26,7 @@ from ..memory import checkpointing_for
 from ..model import DiffusionModel
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
-from .common import EraseConfig, ErasureResult, finish, guard_memory, prepare
+from .common import ErasureResult, TrajectoryConfig, finish, guard_memory, prepare
 from .trajectories import PreserveRows, frozen_predictions, preserve_pool, sample_trajectories
 
 
@@ -34,8 +34,7 @@ _OBJECT = SETTINGS["ca"]["object"]  # the defaults (erasure_core/defaults.py)
 
 
 @dataclass
-class CAConfig(EraseConfig):
-    trajectories_per_prompt: int = 2
+class CAConfig(TrajectoryConfig):
     preserve_weight: float = 0.0
     group: str = _OBJECT["group"]
     lr: float = _OBJECT["lr"]
@@ -43,8 +42,6 @@ class CAConfig(EraseConfig):
     def validate(self) -> None:
         super().validate()
         self.preserve_weight = checks.weight("preserve weight", self.preserve_weight, 1.0)
-        self.trajectories_per_prompt = checks.whole_number("trajectories per prompt", self.trajectories_per_prompt, 1,
-                                                           checks.MAX_PER_PROMPT, "use e.g. 2")
 
     def keeps(self) -> bool:
         return bool(self.preserve_prompts) and self.preserve_weight > 0
@@ -54,7 +51,7 @@ class CAConfig(EraseConfig):
 
     def cached_bytes(self, latent: int, image: int, context: int) -> int:
         # every anchor trajectory point: x_t and the frozen anchor prediction (+ t, prompt index); contexts
-        points = self.n_concept_prompts() * self.trajectories_per_prompt * self.sample_steps
+        points = self.trajectory_points()
         keep_points = len(self.preserve_prompts) * self.sample_steps if self.keeps() else 0
         contexts = 2 * self.n_concept_prompts() + (len(self.preserve_prompts) if self.keeps() else 0)
         return points * (2 * latent + 16) + keep_points * (2 * latent + 16) + contexts * context
@@ -80,11 +77,8 @@ def erase_ca(model: DiffusionModel, config: CAConfig, progress: ProgressFn | Non
     config, plan = prepare(model, "ca", config)
     started = time.time()
     gen = torch.Generator().manual_seed(config.seed)
-    concept_prompts, anchor_prompts = [], []
-    for concept, alt in zip(config.concepts, config.alternatives):
-        for template in config.templates_for(concept):
-            concept_prompts.append(template.format(concept))
-            anchor_prompts.append(template.format(alt) if alt else "")
+    concept_prompts, alt_prompts = config.prompt_pairs()
+    anchor_prompts = [a if a is not None else "" for a in alt_prompts]  # no alternative: the unconditional
     cache = sample_trajectories(model, anchor_prompts, config.trajectories_per_prompt, config.seed,
                                 config.sample_steps, config.guidance)
     anchor_eps = frozen_predictions(model, cache, model.encode_text(anchor_prompts))

@@ -18,7 +18,7 @@ from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
 from ..defaults import SETTINGS
 from ..memory import checkpointing_for
-from .common import EraseConfig, ErasureResult, finish, guard_memory, prepare
+from .common import ErasureResult, TrajectoryConfig, finish, guard_memory, prepare
 from .trajectories import PreserveRows, frozen_predictions, preserve_pool, sample_trajectories
 
 
@@ -26,12 +26,11 @@ _OBJECT = SETTINGS["cg"]["object"]  # the defaults (erasure_core/defaults.py)
 
 
 @dataclass
-class CGConfig(EraseConfig):
+class CGConfig(TrajectoryConfig):
     drift_weight: float = _OBJECT["drift_weight"]  # λ on L_uncond (README "Choosing the defaults")
     # Distillation on preserve prompts at their own trajectories; 10 (with lr 5e-4) kept the toy world's other
     # prompts within 0.02 of their accuracy where 1 lost 0.13 (README "Choosing the defaults").
     preserve_weight: float = _OBJECT["preserve_weight"]
-    trajectories_per_prompt: int = 2
     group: str = _OBJECT["group"]  # "surgical": only the layers that read the text
     lr: float = _OBJECT["lr"]
 
@@ -39,16 +38,13 @@ class CGConfig(EraseConfig):
         super().validate()
         self.drift_weight = checks.weight("drift weight (λ)", self.drift_weight, 1.0)
         self.preserve_weight = checks.weight("preserve weight", self.preserve_weight, 10.0)
-        self.trajectories_per_prompt = checks.whole_number("trajectories per prompt", self.trajectories_per_prompt, 1,
-                                                           checks.MAX_PER_PROMPT, "use e.g. 2")
-
 
     def rows_per_element(self) -> int:  # concept and unconditional rows, and a preserve row when there are any
         return 3 if self.preserve_prompts and self.preserve_weight > 0 else 2
 
     def cached_bytes(self, latent: int, image: int, context: int) -> int:
         # every trajectory point: x_t, the frozen unconditional prediction and the target (+ t, prompt index)
-        points = self.n_concept_prompts() * self.trajectories_per_prompt * self.sample_steps
+        points = self.trajectory_points()
         keep = bool(self.preserve_prompts) and self.preserve_weight > 0
         keep_points = len(self.preserve_prompts) * self.sample_steps if keep else 0  # x_t and eps* each
         contexts = self.n_concept_prompts() + 1 + (len(self.preserve_prompts) if keep else 0)
@@ -86,12 +82,7 @@ def erase_cg(model: DiffusionModel, config: CGConfig, progress: ProgressFn | Non
     config, plan = prepare(model, "cg", config)
     started = time.time()
     gen = torch.Generator().manual_seed(config.seed)
-    # Concept prompts and, template by template, the same prompt with the alternative.
-    concept_prompts, alt_prompts = [], []
-    for concept, alt in zip(config.concepts, config.alternatives):
-        for template in config.templates_for(concept):
-            concept_prompts.append(template.format(concept))
-            alt_prompts.append(template.format(alt) if alt else None)
+    concept_prompts, alt_prompts = config.prompt_pairs()
 
     cache = sample_trajectories(model, concept_prompts, config.trajectories_per_prompt, config.seed,
                                 config.sample_steps, config.guidance)

@@ -143,6 +143,32 @@ class EraseConfig:
     def concept_prompts(self, concept: str) -> list[str]:
         return [t.format(concept) for t in self.templates_for(concept)]
 
+    def prompt_pairs(self) -> tuple[list[str], list[str | None]]:
+        """Every concept prompt and, template by template, the same prompt with the concept's alternative (None
+        where the concept has none)."""
+        concept_prompts, alt_prompts = [], []
+        for concept, alt in zip(self.concepts, self.alternatives):
+            for template in self.templates_for(concept):
+                concept_prompts.append(template.format(concept))
+                alt_prompts.append(template.format(alt) if alt else None)
+        return concept_prompts, alt_prompts
+
+
+@dataclass
+class TrajectoryConfig(EraseConfig):
+    """A method trained at points of the frozen model's own trajectories of the concept prompts (cg, esd, ca)."""
+
+    trajectories_per_prompt: int = 2
+
+    def validate(self) -> None:
+        super().validate()
+        self.trajectories_per_prompt = checks.whole_number("trajectories per prompt", self.trajectories_per_prompt, 1,
+                                                           checks.MAX_PER_PROMPT, "use e.g. 2")
+
+    def trajectory_points(self) -> int:
+        """Points cached before training: every step of every trajectory of every concept prompt."""
+        return self.n_concept_prompts() * self.trajectories_per_prompt * self.sample_steps
+
 
 @dataclass
 class ErasureResult:

@@ -21,7 +21,7 @@ from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
 from ..defaults import SETTINGS
 from ..memory import checkpointing_for
-from .common import EraseConfig, ErasureResult, finish, guard_memory, prepare
+from .common import ErasureResult, TrajectoryConfig, finish, guard_memory, prepare
 from .trajectories import frozen_predictions, sample_trajectories
 
 
@@ -29,21 +29,17 @@ _OBJECT = SETTINGS["esd"]["object"]  # the defaults (erasure_core/defaults.py)
 
 
 @dataclass
-class ESDConfig(EraseConfig):
+class ESDConfig(TrajectoryConfig):
     eta: float = _OBJECT["eta"]  # negative-guidance strength (original code: 1.0)
-    trajectories_per_prompt: int = 2
     group: str = _OBJECT["group"]
     lr: float = _OBJECT["lr"]
 
     def validate(self) -> None:
         super().validate()
         self.eta = checks.weight("eta (η)", self.eta, 1.0)
-        self.trajectories_per_prompt = checks.whole_number("trajectories per prompt", self.trajectories_per_prompt, 1,
-                                                           checks.MAX_PER_PROMPT, "use e.g. 2")
-
 
     def cached_bytes(self, latent: int, image: int, context: int) -> int:
-        points = self.n_concept_prompts() * self.trajectories_per_prompt * self.sample_steps
+        points = self.trajectory_points()
         return points * (2 * latent + 16) + self.n_concept_prompts() * context  # x_t and the target per point
 
 
