@@ -88,3 +88,22 @@ def test_no_report_images_when_asked_for_none_and_the_erasure_saved_where_the_ho
                       report_settings=ReportSettings(steps=0), save=lambda result: result.save(elsewhere))
     assert out.images is None and out.grid_path is None and out.erasure_path == elsewhere and elsewhere.exists()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["report.json"]  # stored once, elsewhere
+
+
+def test_the_report_draws_every_concept_of_the_run_each_from_seed_0(toy_model, tmp_path):
+    from PIL import Image
+
+    from erasure_core.jobs import ReportSettings, run_erasure
+    from erasure_core.methods import UCEConfig
+    from erasure_core.sampling import latent_shape_for
+
+    config = UCEConfig(concepts=["circle", "striped"], alternatives=["square", "dotted"], guidance=1.5,
+                       templates={"circle": ["a red solid {}", "a blue solid {}"], "striped": ["a red {} square"]})
+    out = run_erasure(toy_model, "uce", config, tmp_path, log=lambda m: None,
+                      report_settings=ReportSettings(steps=2, image_size=16))
+    assert out.images.concept_of == ["circle", "circle", "striped"]
+    assert [row[0] for row in out.images.rows_per_concept(8)] == ["circle", "striped"]
+    assert Image.open(out.grid_path).height == 6 * (16 * 3 + 4) + 4  # each concept before/after, then without
+    alone = sample_images(toy_model, ["a red striped square"], [0], steps=2, guidance=1.5,
+                          latent_shape=latent_shape_for(toy_model, 16, "report image size"))
+    assert torch.allclose(out.images.concept_before[2:], alone, atol=1e-4)  # its concept's first prompt: seed 0
