@@ -687,7 +687,7 @@ def markdown(report: dict) -> str:
               "precision (the loop of diffusers' examples/text_to_image/train_text_to_image.py on precomputed "
               "latents and text embeddings; AdamW with default settings; clip_grad_norm 1.0). "
               "Peak memory: peak RSS of the row's process on CPU (includes "
-              f"~{gib(statistics.median(r.get('process_bytes_before_model', 0) for r in rows if 'error' not in r))} "
+              f"~{gib(statistics.median([r.get('process_bytes_before_model', 0) for r in rows if 'error' not in r] or [0]))} "
               "GiB of Python + torch + diffusers before any model), CUDA peak allocated on GPU.", ""]
     if any(r["world"] == "toy" for r in rows):
         lines += ["### Toy world on CPU (fp32)", "",
@@ -775,6 +775,10 @@ def main(argv=None) -> int:
             save_random_sd15(Path(weights))
             report["memory_rows"] = [run_row(dict(s, weights=weights), log) for s in memory_specs(device)]
         report.update(memory_command=f"{command} ({time.time() - started:.0f} s)", gpu_plans=gpu_plans())
+        if "sdxl_gpu_plans" in report:  # the plan changed: its SDXL table too
+            from erasure_core.memory import ShapeOnlyModel
+
+            report["sdxl_gpu_plans"] = gpu_plans(24.0, ShapeOnlyModel.sdxl())
         from erasure_core.jobs import write_json
 
         out.mkdir(parents=True, exist_ok=True)

@@ -12,10 +12,10 @@ counted by running the UNet's forward pass on the `meta` device (shapes only, no
 compute) on a copy of its structure, with the trained weights marked as trained, and adding up
 every tensor autograd saves; attention is counted as the fused kernels keep it (query, key,
 value, output and log-sum-exp, as PyTorch's flash/memory-efficient attention on GPUs and its
-flash kernel on CPUs do). The step's peak is that count times factors measured on the CPU
-(ACTIVATION_PEAK_FACTOR, CHECKPOINT_UNIT_FACTOR). `tests/test_memory.py` checks the count against the tensors a real
-training step saves, the exact parts against the real tensors, and the plan against the
-measured peak of training on the CPU.
+flash kernel on CPUs do), and under autocast the cast copies its ops make (of the weights too).
+The step's peak is that count times factors measured on the CPU (the *_FACTOR constants below).
+`tests/test_memory.py` checks the count against the tensors a real training step saves, the
+exact parts against the real tensors, and the plan against the measured peak of training on the CPU.
 """
 from __future__ import annotations
 
@@ -46,10 +46,13 @@ GiB = 2**30
 # A LoRA's backward adds transient tensors the saved bytes do not show (the gradient reaches each layer's input
 # through both the frozen weight and the LoRA pair, and is summed): dt on the toy world with a rank-8 LoRA of every
 # layer peaked at 2.07 x the saved bytes where its full weights peaked at 1.24 x; 2.2 covers it.
+# With checkpointing the same transients come with the recomputed unit: dt with a rank-8 LoRA of every layer on the
+# SD1.5-shaped UNet needed 6.4 and 7.2 x the largest unit in two runs (on top of 2.2 x the rest); 8 covers them.
 # CUDA's caching allocator differs: to be measured when a GPU is lent.
 ACTIVATION_PEAK_FACTOR = 1.6
 LORA_PEAK_FACTOR = 2.2
 CHECKPOINT_UNIT_FACTOR = 4.0
+LORA_CHECKPOINT_UNIT_FACTOR = 8.0
 HEADROOM = 0.9  # plan to use at most 90% of the free memory: allocators fragment, kernels take workspace
 MEMORY_MODES = ("check", "auto", "off")
 
@@ -127,27 +130,60 @@ class _FusedAttention(torch.autograd.Function):
         raise RuntimeError("the memory probe is forward-only")
 
 
-class _FusedAttentionOnMeta(TorchFunctionMode):
-    """On `meta`, PyTorch decomposes scaled_dot_product_attention into the math path, which would keep
-    the full attention matrix; count the fused kernels' footprint instead."""
+# What autocast does to the ops of a UNet (torch's documented op lists), replayed on `meta`, where autocast itself
+# does not run: the cast copies these ops make are what autograd saves, e.g. a bf16 copy of every frozen fp16 or
+# fp32 weight a linear or conv layer uses (CPU autocast with fp32 weights kept 1.0 GiB of them on the SD1.5-shaped
+# UNet, bench/speed.py --memory). CUDA also runs the norms and softmax in fp32.
+LOWER_PRECISION_OPS = {F.linear, F.conv2d, torch.conv2d, torch.matmul, torch.bmm, torch.baddbmm,
+                       torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.bmm, torch.Tensor.baddbmm}
+CUDA_FP32_OPS = {F.group_norm, F.layer_norm, F.softmax, torch.softmax, torch.Tensor.softmax}
+
+
+class _AutocastOnMeta(TorchFunctionMode):
+    """The probe's forward pass as the training step runs it, on `meta`.
+
+    Attention: PyTorch decomposes scaled_dot_product_attention on `meta` into the math path, which would keep
+    the full attention matrix; count the fused kernels' footprint instead. Autocast (`dtype` not None): cast
+    the inputs of the ops autocast casts, as it does; a trained weight's cast is made once (autocast caches it)."""
+
+    def __init__(self, dtype: torch.dtype | None, device_type: str, trained_weights: set[int]):
+        super().__init__()
+        self.dtype, self.device_type, self.trained_weights = dtype, device_type, trained_weights
+        self.cached: dict[int, torch.Tensor] = {}
+
+    def cast(self, value, dtype):
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != dtype):
+            return value
+        if id(value) in self.trained_weights:
+            return self.cached.setdefault(id(value), value.to(dtype))
+        return value.to(dtype)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.dtype is not None and func in LOWER_PRECISION_OPS | {F.scaled_dot_product_attention}:
+            args, kwargs = [self.cast(a, self.dtype) for a in args], {k: self.cast(v, self.dtype) for k, v in kwargs.items()}
+        elif self.dtype is not None and self.device_type == "cuda" and func in CUDA_FP32_OPS:
+            args, kwargs = [self.cast(a, torch.float32) for a in args], {k: self.cast(v, torch.float32) for k, v in kwargs.items()}
         if func is F.scaled_dot_product_attention:
             q, k, v = args[:3]
             return _FusedAttention.apply(q, k, v)
-        return func(*args, **(kwargs or {}))
+        return func(*args, **kwargs)
 
 
-def meta_structure(unet: nn.Module, trained: set[str], dtype: torch.dtype) -> nn.Module:
+def meta_structure(unet: nn.Module, trained: set[str], dtype: torch.dtype,
+                   weight_dtype: torch.dtype | None = None, masters: bool = True) -> nn.Module:
     """A copy of `unet`'s structure on `meta` (no weights copied), the `trained` modules' weights marked
-    as trained. Hooks and checkpointing can be put on it without touching the host's module."""
+    as trained. Hooks and checkpointing can be put on it without touching the host's module. Its weights are in
+    `dtype`; or, under autocast, as training holds them: frozen ones in `weight_dtype`, trained ones fp32 masters
+    (`masters`: full weights are trained; a LoRA leaves them frozen in `weight_dtype`)."""
     memo = {}
     for name, module in unet.named_modules():
         for pname, p in module.named_parameters(recurse=False):
-            memo[id(p)] = nn.Parameter(torch.empty(p.shape, device="meta", dtype=dtype),
-                                       requires_grad=name in trained)
+            held = dtype if weight_dtype is None else (torch.float32 if masters and name in trained else weight_dtype)
+            memo[id(p)] = nn.Parameter(torch.empty(p.shape, device="meta", dtype=held), requires_grad=name in trained)
         for b in module.buffers(recurse=False):
-            memo[id(b)] = torch.empty(b.shape, device="meta", dtype=b.dtype if not b.is_floating_point() else dtype)
+            held = dtype if weight_dtype is None else weight_dtype
+            memo[id(b)] = torch.empty(b.shape, device="meta", dtype=b.dtype if not b.is_floating_point() else held)
     return copy.deepcopy(unet, memo).train()
 
 
@@ -194,14 +230,20 @@ class SavedActivations(NamedTuple):
         """The training step's peak for these activations (factors measured on the CPU, see above)."""
         factor = LORA_PEAK_FACTOR if lora else ACTIVATION_PEAK_FACTOR
         if checkpointing:
-            return int(factor * (self.outside + self.unit_inputs) + CHECKPOINT_UNIT_FACTOR * self.largest_unit)
+            unit_factor = LORA_CHECKPOINT_UNIT_FACTOR if lora else CHECKPOINT_UNIT_FACTOR
+            return int(factor * (self.outside + self.unit_inputs) + unit_factor * self.largest_unit)
         return int(factor * (self.outside + self.units))
 
 
 def saved_activations(unet: nn.Module, rows: int, latent_shape: tuple[int, int, int],
-                      context_shape: tuple[int, int], trained: set[str], dtype: torch.dtype) -> SavedActivations:
-    """Bytes autograd keeps for the backward pass of one UNet call on `rows` rows, counted on `meta`."""
-    probe = meta_structure(unet, trained, dtype)
+                      context_shape: tuple[int, int], trained: set[str], dtype: torch.dtype,
+                      weight_dtype: torch.dtype | None = None, device_type: str = "cpu",
+                      lora: bool = False) -> SavedActivations:
+    """Bytes autograd keeps for the backward pass of one UNet call on `rows` rows, counted on `meta`. With
+    `weight_dtype` (the frozen weights' dtype) the call runs under `device_type`'s autocast to `dtype`; `lora`:
+    the trained modules get adapters (their weights stay frozen) instead of fp32 master weights."""
+    autocast = weight_dtype is not None
+    probe = meta_structure(unet, trained, dtype, weight_dtype, masters=not lora)
     units = checkpoint_units(probe)
     saved_in: dict[int, int] = {}  # unit index -> bytes saved inside it
     inputs: dict[int, int] = {}  # unit index -> bytes of its tensor inputs
@@ -236,11 +278,14 @@ def saved_activations(unet: nn.Module, rows: int, latent_shape: tuple[int, int, 
                 outside[0] += size
         return tensor
 
-    x = torch.empty((rows, *latent_shape), device="meta", dtype=dtype)
+    given = torch.float32 if autocast else dtype  # under autocast the model is called with fp32 latents and text
+    x = torch.empty((rows, *latent_shape), device="meta", dtype=given)
     t = torch.zeros(rows, device="meta", dtype=torch.long)
-    context = torch.empty((rows, *context_shape), device="meta", dtype=dtype)
+    context = torch.empty((rows, *context_shape), device="meta", dtype=given)
+    trained_weights = {id(p) for p in probe.parameters() if p.requires_grad}
+    mode = _AutocastOnMeta(dtype if autocast else None, device_type, trained_weights)
     try:
-        with torch.enable_grad(), _FusedAttentionOnMeta(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.enable_grad(), mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             call_unet(probe, x, t, context)
     finally:
         for h in handles:
@@ -272,10 +317,13 @@ def plan_memory(model, method: str, config, available: int | None | bool = True)
     unet = model.unet
     precision_dtype = compute_dtype(device, config.precision)
     checkpointing = checkpointing_for(config, device)
+    # under autocast the frozen weights stay as loaded and are cast op by op (the casts are saved for backward)
+    weight_dtype = next(unet.parameters()).dtype if precision_dtype != torch.float32 else None
     # hosts' ldm UNets are counted on diffusers' UNet of the same layout (their attention code needs a real device)
     layout = model.diffusers_equivalent() if hasattr(model, "diffusers_equivalent") else unet
     trained = {name for name, _ in select_modules(layout, config.group)}
     n_trained = trained_numel(unet, config.group, config.rank)
+    lora = config.rank is not None
     latent_bytes = math.prod(model.latent_shape) * 4
     text = model.encode_text([""])
     context_shape = tuple(cross_attention_context(text).shape[1:])
@@ -297,7 +345,8 @@ def plan_memory(model, method: str, config, available: int | None | bool = True)
         "optimiser state (AdamW)": 8 * n_trained,
         "cached tensors": cached,
         f"activations ({rows} rows)": saved_activations(layout, rows, model.latent_shape, context_shape, trained,
-                                                        precision_dtype).peak(checkpointing, lora=config.rank is not None),
+                                                        precision_dtype, weight_dtype, device.type, lora).peak(
+                                                            checkpointing, lora=lora),
     }
     weights = "full weights" if config.rank is None else f"LoRA rank {config.rank}"
     settings = (f"{method}, {config.group} {weights} ({n_trained / 1e6:.1f} M trained), batch {config.batch_size}, "
