@@ -250,12 +250,14 @@ def saved_activations(unet: nn.Module, rows: int, latent_shape: tuple[int, int, 
     stack: list[int] = []
     outside = [0]
     kept_inputs: set[int] = set()  # a tensor fed to many units (the text context) is kept once
+    alive: list[torch.Tensor] = []  # every tensor whose id is remembered stays alive, so no later tensor reuses its id
 
     def enter(index):
         def hook(module, args, kwargs):
             stack.append(index)
             fresh = [a for a in [*args, *kwargs.values()] if isinstance(a, torch.Tensor) and id(a) not in kept_inputs]
             kept_inputs.update(id(a) for a in fresh)
+            alive.extend(fresh)
             inputs[index] = sum(a.numel() * a.element_size() for a in fresh)
         return hook
 
@@ -271,6 +273,7 @@ def saved_activations(unet: nn.Module, rows: int, latent_shape: tuple[int, int, 
         base = tensor._base if tensor._base is not None else tensor
         if id(tensor) not in params and id(base) not in params and id(base) not in counted:
             counted.add(id(base))
+            alive.append(base)
             size = base.numel() * base.element_size()
             if stack:
                 saved_in[stack[0]] = saved_in.get(stack[0], 0) + size
