@@ -135,7 +135,8 @@ class _FusedAttention(torch.autograd.Function):
 # fp32 weight a linear or conv layer uses (CPU autocast with fp32 weights kept 1.0 GiB of them on the SD1.5-shaped
 # UNet, bench/speed.py --memory). CUDA also runs the norms and softmax in fp32.
 LOWER_PRECISION_OPS = {F.linear, F.conv2d, torch.conv2d, torch.matmul, torch.bmm, torch.baddbmm,
-                       torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.bmm, torch.Tensor.baddbmm}
+                       torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.bmm, torch.Tensor.baddbmm,
+                       F.scaled_dot_product_attention}
 CUDA_FP32_OPS = {F.group_norm, F.layer_norm, F.softmax, torch.softmax, torch.Tensor.softmax}
 
 
@@ -158,12 +159,19 @@ class _AutocastOnMeta(TorchFunctionMode):
             return self.cached.setdefault(id(value), value.to(dtype))
         return value.to(dtype)
 
+    def target_dtype(self, func) -> torch.dtype | None:
+        """The dtype autocast runs `func` in, or None when it leaves `func` alone."""
+        if self.dtype is None:
+            return None
+        if func in LOWER_PRECISION_OPS:
+            return self.dtype
+        return torch.float32 if self.device_type == "cuda" and func in CUDA_FP32_OPS else None
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.dtype is not None and func in LOWER_PRECISION_OPS | {F.scaled_dot_product_attention}:
-            args, kwargs = [self.cast(a, self.dtype) for a in args], {k: self.cast(v, self.dtype) for k, v in kwargs.items()}
-        elif self.dtype is not None and self.device_type == "cuda" and func in CUDA_FP32_OPS:
-            args, kwargs = [self.cast(a, torch.float32) for a in args], {k: self.cast(v, torch.float32) for k, v in kwargs.items()}
+        target = self.target_dtype(func)
+        if target is not None:
+            args, kwargs = [self.cast(a, target) for a in args], {k: self.cast(v, target) for k, v in kwargs.items()}
         if func is F.scaled_dot_product_attention:
             q, k, v = args[:3]
             return _FusedAttention.apply(q, k, v)

@@ -46,30 +46,19 @@ def real_saved_bytes(unet, trained, x, t, ctx) -> int:
     return sum(storages.values())
 
 
-@pytest.mark.parametrize("group", ["cross_attn", "all", "no_cross_attn"])
-def test_the_meta_count_matches_what_autograd_keeps(toy_model, group):
+@pytest.mark.parametrize("group, autocast", [("cross_attn", False), ("all", False), ("no_cross_attn", False),
+                                             ("cross_attn", True), ("all", True)])
+def test_the_meta_count_matches_what_autograd_keeps(toy_model, group, autocast):
+    """With `autocast` (bf16 over fp32 weights) the cast copies of the weights that autograd saves are counted too."""
     unet = toy_model.unet
     trained = {name for name, _ in memory.select_modules(unet, group)}
     rows = 12
     x, t = torch.randn(rows, *toy_model.latent_shape), torch.randint(0, 1000, (rows,))
     ctx = toy_model.encode_text(["a red solid circle"] * rows)
+    dtypes = dict(dtype=torch.bfloat16, weight_dtype=torch.float32) if autocast else dict(dtype=torch.float32)
     counted = memory.saved_activations(unet, rows, toy_model.latent_shape, tuple(ctx.shape[1:]), trained,
-                                       torch.float32).kept(checkpointing=False)
-    real = real_saved_bytes(unet, trained, x, t, ctx)
-    assert abs(counted - real) / real < 0.05, (counted, real)
-
-
-@pytest.mark.parametrize("group", ["cross_attn", "all"])
-def test_the_meta_count_matches_what_autograd_keeps_under_autocast(toy_model, group):
-    """bf16 autocast over fp32 weights: the cast copies of the weights that autograd saves are counted too."""
-    unet = toy_model.unet
-    trained = {name for name, _ in memory.select_modules(unet, group)}
-    rows = 12
-    x, t = torch.randn(rows, *toy_model.latent_shape), torch.randint(0, 1000, (rows,))
-    ctx = toy_model.encode_text(["a red solid circle"] * rows)
-    counted = memory.saved_activations(unet, rows, toy_model.latent_shape, tuple(ctx.shape[1:]), trained,
-                                       torch.bfloat16, weight_dtype=torch.float32).kept(checkpointing=False)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+                                       **dtypes).kept(checkpointing=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         real = real_saved_bytes(unet, trained, x, t, ctx)
     assert abs(counted - real) / real < 0.05, (counted, real)
 
