@@ -141,7 +141,6 @@ def _status(key: str) -> int:
     (ESDConfig, "esd", {"batch_size": 96, "group": "no_cross_attn"}),
     (CGConfig, "cg", {"batch_size": 64, "checkpointing": True}),
     (DTConfig, "dt", {"batch_size": 32, "images_per_prompt": 1, "group": "all", "rank": 8, "checkpointing": True}),
-    (CGConfig, "cg", {"batch_size": 32, "precision": "bf16"}),
 ])
 def test_the_plan_covers_the_measured_peak_of_training_on_the_cpu(toy_model, monkeypatch, cls, method, overrides):
     """The training phase's peak resident memory (Linux VmHWM, reset just before training) against the plan's
