@@ -497,7 +497,9 @@ def memory_specs(device: str) -> list[dict]:
     common = dict(world="sd15", device=device, pixels=256 if device == "cpu" else 512, batch=2, steps=3,
                   short_setup=True, group="cross_attn")
     rows = [("shipped (full weights)", "cg", {}), ("gradient checkpointing", "cg", {"checkpointing": True}),
-            ("micro-batches of 1", "cg", {"micro_batch": 1}), ("LoRA rank 8", "cg", {"rank": 8}),
+            ("micro-batches of 1", "cg", {"micro_batch": 1}),
+            ("micro-batches of 1, rows one group at a time", "cg", {"micro_batch": 1, "split_rows": True}),
+            ("LoRA rank 8", "cg", {"rank": 8}),
             ("all layers, LoRA rank 8", "dt", {"group": "all", "rank": 8}),
             ("all layers, LoRA rank 8, checkpointing", "dt", {"group": "all", "rank": 8, "checkpointing": True})]
     if device == "cuda" or native_bf16():

@@ -331,6 +331,9 @@ def main(argv=None) -> int:
     erase.add_argument("--template", dest="templates", action="append", help="concept prompt template with {}")
     erase.add_argument("--micro-batch", dest="micro_batch", type=int,
                        help="rows of the batch per UNet call (same update, less memory; default: the whole batch)")
+    erase.add_argument("--split-rows", dest="split_rows", action="store_true", default=None,
+                       help="back-propagate each UNet call's row groups (concept, unconditional, preserve) one at a "
+                            "time: less memory for one more forward pass per step, the same update")
     erase.add_argument("--checkpointing", choices=["auto", "on", "off"],
                        help="gradient checkpointing (default auto: on for CUDA)")
     erase.add_argument("--memory", choices=["auto", "check", "off"],

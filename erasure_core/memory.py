@@ -1,6 +1,7 @@
 """The memory plan: what an erasure will hold on its device, part by part, known before any work.
 
-    frozen model      the UNet (and, where this process loaded them, text encoder and VAE) as loaded
+    frozen model      the UNet (and, where this process loaded them, text encoder and VAE) as loaded; on a GPU
+                      the text encoders wait on the CPU while training (offload.py) and are not counted
     trained copy      fp32 masters of the trained weights (full weights of the group, or LoRA adapters)
     gradients         one fp32 value per trained weight
     optimiser state   AdamW's two fp32 moments per trained weight
@@ -34,6 +35,7 @@ from torch.overrides import TorchFunctionMode
 
 from .conditioning import cross_attention_context
 from .errors import ErasureInputError
+from .offload import offloadable_text_encoders
 from .trainable import select_modules, trained_numel
 
 GiB = 2**30
@@ -52,6 +54,10 @@ GiB = 2**30
 ACTIVATION_PEAK_FACTOR = 1.6
 LORA_PEAK_FACTOR = 2.2
 CHECKPOINT_UNIT_FACTOR = 4.0
+# Rows back-propagated one group at a time (split_rows.py) peak above one group's plan: the whole call's output and its
+# gradient, and the loss's tensors on every row, stay while each group runs. cg and dt on the toy world (batch 32,
+# 32-row groups) peaked at 1.08-1.12 x the group's plan; 1.2 covers them.
+SPLIT_ROWS_FACTOR = 1.2
 LORA_CHECKPOINT_UNIT_FACTOR = 8.0
 HEADROOM = 0.9  # plan to use at most 90% of the free memory: allocators fragment, kernels take workspace
 MEMORY_MODES = ("check", "auto", "off")
@@ -349,21 +355,25 @@ def plan_memory(model, method: str, config, available: int | None | bool = True)
         settings = f"{method}, {config.group} closed-form edit ({n_trained / 1e6:.1f} M weights), no training"
         return MemoryPlan(str(device), parts, resident, free, settings)
     rows = config.training_rows()
+    offloaded = sum(module_bytes(m) for m in offloadable_text_encoders(model))  # on the CPU while training
     parts = {
-        "frozen model (loaded)": resident,
+        "frozen model (loaded)": resident - offloaded,
         "trained copy (fp32)": 4 * n_trained,
         "gradients (fp32)": 4 * n_trained,
         "optimiser state (AdamW)": 8 * n_trained,
         "cached tensors": cached,
-        f"activations ({rows} rows)": saved_activations(layout, rows, model.latent_shape, context_shape, trained,
-                                                        precision_dtype, weight_dtype, device.type, lora).peak(
-                                                            checkpointing, lora=lora),
+        f"activations ({rows} rows)": int(saved_activations(layout, rows, model.latent_shape, context_shape,
+                                                            trained, precision_dtype, weight_dtype, device.type,
+                                                            lora).peak(checkpointing, lora=lora)
+                                          * (SPLIT_ROWS_FACTOR if getattr(config, "split_rows", False) else 1)),
     }
     weights = "full weights" if config.rank is None else f"LoRA rank {config.rank}"
     settings = (f"{method}, {config.group} {weights} ({n_trained / 1e6:.1f} M trained), batch {config.batch_size}, "
                 f"{model.latent_shape[1]}x{model.latent_shape[2]} latents, "
                 f"{'bf16' if precision_dtype == torch.bfloat16 else 'fp32'} activations"
-                f"{', gradient checkpointing' if checkpointing else ''}")
+                f"{', gradient checkpointing' if checkpointing else ''}"
+                f"{', rows back-propagated one group at a time' if getattr(config, 'split_rows', False) else ''}"
+                + (f", text encoders on the CPU while training ({offloaded / GiB:.2f} GiB)" if offloaded else ""))
     return MemoryPlan(str(device), parts, resident, free, settings)
 
 
@@ -390,17 +400,27 @@ def _steps_to_fit(config, device: torch.device) -> list[tuple[str, dict]]:
 
 
 def _largest_micro_batch(model, method: str, config, available):
-    """The config with the largest micro-batch (halving from the whole batch) whose plan fits, and its plan;
-    (None, plan at micro-batch 1) when none does. Micro-batches change speed only, not the update."""
-    micro = config.batch_size
-    while True:
-        trial = replace(config, micro_batch=None if micro == config.batch_size else micro)
-        plan = plan_memory(model, method, trial, available)
-        if plan.fits:
-            return trial, plan
-        if micro == 1:
-            return None, plan
-        micro = (micro + 1) // 2
+    """The config with the largest micro-batch (halving from the whole batch) whose plan fits, and its plan; where
+    one call has several row groups and none fits, the same with the groups back-propagated one at a time
+    (split_rows.py). (None, the last plan tried) when none fits. Neither changes the update, only the time."""
+    splits = [False, True] if config.rows_per_element() > 1 and not config.split_rows else [config.split_rows]
+    for split in splits:
+        micro = config.batch_size
+        while True:
+            trial = replace(config, split_rows=split, micro_batch=None if micro == config.batch_size else micro)
+            plan = plan_memory(model, method, trial, available)
+            if plan.fits:
+                return trial, plan
+            if micro == 1:
+                break
+            micro = (micro + 1) // 2
+    return None, plan
+
+
+def _result_neutral(config, fitted) -> list[str]:
+    """What `_largest_micro_batch` changed, in words."""
+    said = [f"micro-batches of {fitted.micro_batch}"] if fitted.micro_batch is not None else []
+    return said + (["rows back-propagated one group at a time"] if fitted.split_rows and not config.split_rows else [])
 
 
 def fit(model, method: str, config, plan: MemoryPlan):
@@ -425,16 +445,15 @@ def fit(model, method: str, config, plan: MemoryPlan):
                 changes.append(label)
             fitted, fitted_plan = _largest_micro_batch(model, method, current, plan.available)
             if fitted is not None:
-                if fitted.micro_batch is not None:
-                    changes.append(f"micro-batches of {fitted.micro_batch}")
-                fitted_plan.changes = changes
+                fitted_plan.changes = changes + _result_neutral(current, fitted)
                 return fitted, fitted_plan
     each = []
     for label, change in [("", {})] + steps:
-        fitted, other = _largest_micro_batch(model, method, replace(config, **change), plan.available)
+        changed = replace(config, **change)
+        fitted, other = _largest_micro_batch(model, method, changed, plan.available)
         if fitted is not None:
-            micro = f"micro-batches of {fitted.micro_batch}" if fitted.micro_batch is not None else ""
-            each.append(f"{' with '.join(x for x in (label, micro) if x)} ({other.needed / GiB:.1f} GiB)")
+            each.append(f"{' with '.join(x for x in (label, *_result_neutral(changed, fitted)) if x)} "
+                        f"({other.needed / GiB:.1f} GiB)")
     fix = ("use " + ", or ".join(each) if each else
            "use a LoRA (rank 4-8), the 'cross_attn' group, micro-batches of 1 and gradient checkpointing, or a "
            "device with more memory")

@@ -132,6 +132,9 @@ def test_the_cached_part_is_what_the_method_keeps(toy_model, monkeypatch, cls, m
     assert abs(plan.parts["cached tensors"] - held["bytes"]) <= 0.1 * held["bytes"], (plan.parts, held)
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
 def _status(key: str) -> int:
     return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)[1]) * 1024
 
@@ -141,6 +144,8 @@ def _status(key: str) -> int:
     (ESDConfig, "esd", {"batch_size": 96, "group": "no_cross_attn"}),
     (CGConfig, "cg", {"batch_size": 64, "checkpointing": True}),
     (DTConfig, "dt", {"batch_size": 32, "images_per_prompt": 1, "group": "all", "rank": 8, "checkpointing": True}),
+    (CGConfig, "cg", {"batch_size": 32, "split_rows": True}),
+    (DTConfig, "dt", {"batch_size": 32, "images_per_prompt": 1, "split_rows": True}),
 ])
 def test_the_plan_covers_the_measured_peak_of_training_on_the_cpu(toy_model, monkeypatch, cls, method, overrides):
     """The training phase's peak resident memory (Linux VmHWM, reset just before training) against the plan's
@@ -150,7 +155,11 @@ def test_the_plan_covers_the_measured_peak_of_training_on_the_cpu(toy_model, mon
     real, measured = module.optimise, {}
 
     def measure(*args, **kwargs):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed sampling buffers back to the OS before the baseline
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)  # freed sampling buffers back to the OS before the baseline
+        # glibc moves its threshold for serving an allocation from its own mapping with what was freed before, so
+        # the same run peaked differently after different tests; fixed at its largest value, every run is the same.
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # (fixed for the rest of the session: no test depends on it)
         before = _status("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current size
         losses = real(*args, **kwargs)
@@ -162,6 +171,7 @@ def test_the_plan_covers_the_measured_peak_of_training_on_the_cpu(toy_model, mon
     plan = memory.plan_memory(toy_model, method, config, available=None)
     training_parts = sum(v for k, v in plan.parts.items() if not k.startswith(("frozen", "cached")))
     METHODS[method][1](toy_model, config)
+
     assert 0.9 * measured["peak"] <= training_parts <= 1.6 * measured["peak"], (training_parts, measured["peak"])
 
 
@@ -181,16 +191,19 @@ def test_every_default_fits_an_8_gb_gpu_on_sd15_without_changing_what_is_trained
                               - memory.module_bytes(model.text_encoder) - memory.module_bytes(model.vae))
     fitted, plan = memory.fit(model, method, config, plan)
     assert plan.total + CUDA_RUNTIME <= CARD, plan.describe()
-    assert all(c.startswith(("gradient checkpointing", "micro-batches")) for c in plan.changes), plan.changes
+    assert all(c.startswith(("gradient checkpointing", "micro-batches", "rows back-propagated")) for c in plan.changes), \
+        plan.changes
     assert (fitted.rank, fitted.group) == (config.rank, config.group)
 
 
 # The smallest card (GB) each default fits on SDXL base at 1024 px keeping its parameter group. What decides it is
 # the largest recomputed block under checkpointing: 0.23 GiB a row (CUDA autocast keeps norm outputs in fp32),
-# held 8 times over with a LoRA's backward (measured on the CPU), beside the 6.6 GiB model. dt trains two rows per
-# batch element, cg three (concept, unconditional, preserve), esd and ca one; ca's full weights of the keys and
-# values (341 M) become a LoRA of rank 8. uce's edit trains nothing and needs 1.5 GiB beside the model.
-XL_CARDS = {"dt": 16, "esd": 12, "cg": 18, "ca": 11, "uce": 10}
+# held 8 times over with a LoRA's backward (measured on the CPU), beside the UNet and VAE (5.0 GiB; the text
+# encoders' 1.5 GiB wait on the CPU while training, offload.py). dt's two rows per batch element (scramble,
+# preserve) and cg's three (concept, unconditional, preserve) are back-propagated one at a time; cg, esd and ca's
+# full weights of their groups (546 M, 546 M, 341 M) become a LoRA of rank 8. uce's edit trains nothing (its text
+# encoders stay) and needs 1.5 GiB beside the model.
+XL_CARDS = {"dt": 11, "esd": 10, "cg": 10, "ca": 10, "uce": 9}
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +224,8 @@ def test_every_default_fits_its_stated_gpu_on_sdxl_keeping_the_group(method, sdx
     plan = memory.plan_memory(model, method, config, available=card - CUDA_RUNTIME - resident)
     fitted, plan = memory.fit(model, method, config, plan)
     assert plan.total + CUDA_RUNTIME <= card, plan.describe()
-    assert all(c.startswith(("gradient checkpointing", "micro-batches", "LoRA rank 8")) for c in plan.changes), \
-        plan.changes
+    assert all(c.startswith(("gradient checkpointing", "micro-batches", "rows back-propagated", "LoRA rank 8"))
+               for c in plan.changes), plan.changes
     assert fitted.group == config.group and fitted.rank in (config.rank, 8)
 
 

@@ -24,6 +24,8 @@ from .. import checks
 from ..defaults import SETTINGS
 from ..memory import checkpointing_for
 from ..model import DiffusionModel
+from ..split_rows import rows_split
+from ..offload import text_encoders_on_cpu
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
 from .common import ErasureResult, TrajectoryConfig, finish, guard_memory, prepare
@@ -91,14 +93,16 @@ def erase_ca(model: DiffusionModel, config: CAConfig, progress: ProgressFn | Non
     tuned, params = make_trainable(model.unet, config.group, config.rank, checkpointing_for(config, model.device),
                                    config.seed)
     tuned.train()
+    trainer = rows_split(model, config)  # the model as the training step calls it (split_rows.py)
 
     def loss_fn(step: int, rows: int) -> torch.Tensor:
         i = cache.batch(rows, gen)
         ctx = concept_ctx[cache.prompt_index[i].to(concept_ctx.device)]
         kept = keep.batch(rows, gen) if keep is not None else None
-        return ca_loss(model, tuned, cache.x_t[i], cache.t[i].to(model.device), ctx, anchor_eps[i], kept,
+        return ca_loss(trainer, tuned, cache.x_t[i], cache.t[i].to(model.device), ctx, anchor_eps[i], kept,
                        config.preserve_weight)
 
-    losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
-                      precision=config.precision, batch_size=config.batch_size, micro_batch=config.micro_batch)
+    with text_encoders_on_cpu(model):  # no training step encodes text (offload.py)
+        losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
+                          precision=config.precision, batch_size=config.batch_size, micro_batch=config.micro_batch)
     return finish("ca", config, model.unet, tuned, losses, started, plan)

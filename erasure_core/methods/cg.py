@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from .. import checks
 from ..model import DiffusionModel
+from ..split_rows import rows_split
+from ..offload import text_encoders_on_cpu
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
 from ..defaults import SETTINGS
@@ -105,16 +107,18 @@ def erase_cg(model: DiffusionModel, config: CGConfig, progress: ProgressFn | Non
     tuned, params = make_trainable(model.unet, config.group, config.rank, checkpointing_for(config, model.device),
                                    config.seed)
     tuned.train()
+    trainer = rows_split(model, config)  # the model as the training step calls it (split_rows.py)
 
     def loss_fn(step: int, b: int) -> torch.Tensor:
         i = cache.batch(b, gen)
         t = cache.t[i].to(model.device)
         ctx = concept_ctx[cache.prompt_index[i].to(concept_ctx.device)]
         kept = keep.batch(b, gen) if keep is not None else None
-        return cg_loss(model, tuned, cache.x_t[i], t, ctx, uncond_ctx.expand(b, -1, -1), target[i],
+        return cg_loss(trainer, tuned, cache.x_t[i], t, ctx, uncond_ctx.expand(b, -1, -1), target[i],
                        frozen_uncond[i], config.drift_weight, kept, config.preserve_weight)
 
-    losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
-                      precision=config.precision, batch_size=config.batch_size,
-                      micro_batch=config.micro_batch)
+    with text_encoders_on_cpu(model):  # no training step encodes text (offload.py)
+        losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
+                          precision=config.precision, batch_size=config.batch_size,
+                          micro_batch=config.micro_batch)
     return finish("cg", config, model.unet, tuned, losses, started, plan)

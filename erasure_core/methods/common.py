@@ -38,6 +38,9 @@ class EraseConfig:
     seed: int = 0
     batch_size: int = BATCH_SIZE
     micro_batch: int | None = MEMORY["micro_batch"]  # rows per UNet call (None: all); same update, less memory
+    # Back-propagate a UNet call's row groups (concept, unconditional, preserve...) one at a time
+    # (erasure_core/split_rows.py): one group's activations instead of all, for one more forward pass per step.
+    split_rows: bool = False
     sample_steps: int = 25  # DDIM steps for the frozen model's own images/trajectories
     guidance: float = 7.5  # SD1.x's usual CFG; the toy world uses 1.5 (toyworld.evaluate.toy_options)
     # Speed/memory (bench/results/speed.md). checkpointing: recompute activations in the backward pass, less
@@ -99,6 +102,9 @@ class EraseConfig:
         self.lr = checks.learning_rate(self.lr)
         self.seed = checks.seed(self.seed)
         self.batch_size = checks.whole_number("batch size", self.batch_size, 1, checks.MAX_BATCH, "use e.g. 16")
+        if not isinstance(self.split_rows, bool):
+            raise ErasureInputError("split rows", f"must be on or off, got {self.split_rows!r}",
+                                    "turn it on to back-propagate the rows one group at a time, or leave it off")
         if self.micro_batch is not None:
             self.micro_batch = checks.whole_number("micro-batch", self.micro_batch, 1, self.batch_size,
                                                    "use a number from 1 to the batch size, or leave it empty")
@@ -116,8 +122,10 @@ class EraseConfig:
         return 1
 
     def training_rows(self) -> int:
-        """UNet rows in the largest call of a training step: the (micro-)batch times the rows per element."""
-        return min(self.micro_batch or self.batch_size, self.batch_size) * self.rows_per_element()
+        """UNet rows whose activations a training step holds at once: the (micro-)batch times the rows per
+        element, or the (micro-)batch alone when the row groups are back-propagated one at a time."""
+        return min(self.micro_batch or self.batch_size, self.batch_size) * (1 if self.split_rows else
+                                                                            self.rows_per_element())
 
     def cached_bytes(self, latent: int, image: int, context: int) -> int:
         """Bytes the method computes once before training and keeps through it, given the bytes of one latent,

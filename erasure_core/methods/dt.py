@@ -24,6 +24,8 @@ from ..progress import report
 from ..sampling import sample_images
 from ..defaults import SETTINGS
 from ..degeneration import DEGENERATIONS, degenerate
+from ..split_rows import rows_split
+from ..offload import text_encoders_on_cpu
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
 from ..memory import checkpointing_for
@@ -190,6 +192,7 @@ def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | Non
     tuned, params = make_trainable(model.unet, config.group, config.rank, checkpointing_for(config, model.device),
                                    config.seed)
     tuned.train()
+    trainer = rows_split(model, config)  # the model as the training step calls it (split_rows.py)
 
     def loss_fn(step: int, b: int) -> torch.Tensor:
         i = torch.randint(len(latents), (b,), generator=gen)
@@ -197,10 +200,11 @@ def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | Non
         noise = torch.randn(z0.shape, generator=gen).to(z0)
         t = random_timesteps(b, gen, z0.device)
         kept = keep.batch(b, gen) if keep is not None else None
-        return dt_loss(model, tuned, z0, concept_context[i.to(concept_context.device)], noise, t, kept,
+        return dt_loss(trainer, tuned, z0, concept_context[i.to(concept_context.device)], noise, t, kept,
                        config.preserve_weight)
 
-    losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
-                      precision=config.precision, batch_size=config.batch_size,
-                      micro_batch=config.micro_batch)
+    with text_encoders_on_cpu(model):  # no training step encodes text (offload.py)
+        losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
+                          precision=config.precision, batch_size=config.batch_size,
+                          micro_batch=config.micro_batch)
     return finish("dt", config, model.unet, tuned, losses, started, plan)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .. import checks
 from ..model import DiffusionModel
+from ..offload import text_encoders_on_cpu
 from ..trainable import make_trainable
 from ..training import CancelFn, ProgressFn, optimise
 from ..defaults import SETTINGS
@@ -73,7 +74,8 @@ def erase_esd(model: DiffusionModel, config: ESDConfig, progress: ProgressFn | N
         ctx = concept_ctx[cache.prompt_index[i].to(concept_ctx.device)]
         return esd_loss(model, tuned, cache.x_t[i], cache.t[i].to(model.device), ctx, target[i])
 
-    losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
-                      precision=config.precision, batch_size=config.batch_size,
-                      micro_batch=config.micro_batch)
+    with text_encoders_on_cpu(model):  # no training step encodes text (offload.py)
+        losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
+                          precision=config.precision, batch_size=config.batch_size,
+                          micro_batch=config.micro_batch)
     return finish("esd", config, model.unet, tuned, losses, started, plan)
