@@ -205,3 +205,31 @@ def test_the_memory_plan_counts_an_ldm_unet_on_diffusers_layout(ldm_unet):
     assert sum(p.numel() for p in meta.parameters()) == sum(p.numel() for p in ldm_unet.parameters())
     for group in ("cross_attn", "all"):
         assert trained_numel(meta, group, None) == trained_numel(ldm_unet, group, None)
+
+
+def test_split_rows_through_the_webui_backend_with_checkpointing(ldm_unet):
+    """Rows back-propagated one group at a time (split_rows.py) on the webui backend, with the ldm blocks
+    checkpointed inside each group's recomputation: the loss and gradients of one call on every row."""
+    from erasure_core.backends.webui import model_from_webui
+    from erasure_core.methods.cg import cg_loss
+    from erasure_core.methods.trajectories import PreserveRows
+    from erasure_core.split_rows import RowsSplit
+    from erasure_core.trainable import make_trainable
+
+    model = model_from_webui(FakeWebuiModel(ldm_unet), image_size=64)
+    tuned, params = make_trainable(ldm_unet, "cross_attn", checkpointing=True)
+    gen = torch.Generator().manual_seed(0)
+    noise = lambda: torch.randn((2, 4, 8, 8), generator=gen)  # noqa: E731
+    context = lambda: torch.randn((2, 7, 32), generator=gen)  # noqa: E731
+    x, target, frozen, concept, uncond = noise(), noise(), noise(), context(), context()
+    keep = PreserveRows(noise(), torch.tensor([300, 900]), context(), noise())
+    results = []
+    for m in (model, RowsSplit(model, 2)):
+        for p in params:
+            p.grad = None
+        loss = cg_loss(m, tuned, x, torch.tensor([10, 900]), concept, uncond, target, frozen, 1.0, keep, 10.0)
+        loss.backward()
+        results.append((float(loss.detach()), torch.cat([p.grad.flatten() for p in params])))
+    (joint_loss, joint), (split_loss, split) = results
+    assert split_loss == pytest.approx(joint_loss, rel=1e-4)
+    assert (split - joint).norm() <= 1e-4 * joint.norm() and joint.norm() > 0

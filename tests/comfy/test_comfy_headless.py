@@ -315,3 +315,35 @@ def test_erase_node_shows_the_memory_plan_before_training(pack, tiny, monkeypatc
     run_cg(pack, model, clip)
     assert shown[0].startswith("Classifier-guidance erasure: memory plan: ") and "fits" in shown[0]
     assert shown.index(shown[0]) < next(i for i, m in enumerate(shown) if "drawing the original model" in m)
+
+
+def test_split_rows_give_the_same_gradients_on_comfyuis_model(tiny):
+    """Rows back-propagated one group at a time (erasure_core/split_rows.py) through ComfyUI's own model call: the
+    same loss and gradients as one call on every row."""
+    from erasure_core.backends.comfy import ComfyModel
+    from erasure_core.methods.cg import cg_loss
+    from erasure_core.methods.trajectories import PreserveRows
+    from erasure_core.split_rows import RowsSplit
+    from erasure_core.trainable import make_trainable
+
+    model, clip, _ = tiny
+    api = ComfyModel(model, clip, None, image_size=128)
+    tuned, params = make_trainable(api.unet, "cross_attn", None)
+    gen = torch.Generator().manual_seed(0)
+    noise = lambda: torch.randn((2, *api.latent_shape), generator=gen)  # noqa: E731
+    x, target, frozen = noise(), noise(), noise()
+    t = torch.tensor([100, 700])
+    keep = PreserveRows(noise(), torch.tensor([300, 900]), api.encode_text(["a photo of a square"] * 2), noise())
+    concept, uncond = api.encode_text(["a photo of a circle"] * 2), api.encode_text([""]).expand(2, -1, -1)
+
+    def loss_and_grads(m):
+        for p in params:
+            p.grad = None
+        loss = cg_loss(m, tuned, x, t, concept, uncond, target, frozen, 1.0, keep, 10.0)
+        loss.backward()
+        return float(loss.detach()), torch.cat([p.grad.flatten() for p in params])
+
+    joint_loss, joint = loss_and_grads(api)
+    split_loss, split = loss_and_grads(RowsSplit(api, 2))
+    assert split_loss == pytest.approx(joint_loss, rel=1e-4)
+    assert (split - joint).norm() <= 1e-4 * joint.norm() and joint.norm() > 0
