@@ -54,11 +54,11 @@ GiB = 2**30
 ACTIVATION_PEAK_FACTOR = 1.6
 LORA_PEAK_FACTOR = 2.2
 CHECKPOINT_UNIT_FACTOR = 4.0
-# Rows back-propagated one group at a time (split_rows.py) peak above one group's plan: the whole call's output and its
-# gradient, and the loss's tensors on every row, stay while each group runs. cg and dt on the toy world (batch 32,
+LORA_CHECKPOINT_UNIT_FACTOR = 8.0
+# Rows back-propagated one group at a time (split_rows.py) peak above one group's plan: the whole call's output and
+# its gradient, and the loss's tensors on every row, stay while each group runs. cg and dt on the toy world (batch 32,
 # 32-row groups) peaked at 1.08-1.12 x the group's plan; 1.2 covers them.
 SPLIT_ROWS_FACTOR = 1.2
-LORA_CHECKPOINT_UNIT_FACTOR = 8.0
 HEADROOM = 0.9  # plan to use at most 90% of the free memory: allocators fragment, kernels take workspace
 MEMORY_MODES = ("check", "auto", "off")
 

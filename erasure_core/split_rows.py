@@ -2,9 +2,9 @@
 
 A method's loss puts all its rows through one UNet call (DT: the concept rows and the preserve rows; classifier
 guidance: the concept, unconditional and preserve rows), and autograd keeps the activations of every row until
-the backward pass. With the rows split, the call runs without gradients group by group (keeping only its inputs) and the
-backward pass runs it again group by group, each group's gradients reaching the weights before the next group
-runs: the activations of one group at a time, for one more forward pass per step. It is gradient checkpointing
+the backward pass. With the rows split, the call runs without gradients group by group, keeping only its inputs,
+and the backward pass runs it again group by group, each group's gradients reaching the weights before the next
+group runs: the activations of one group at a time, for one more forward pass per step. It is gradient checkpointing
 of the whole call, along the rows; the update is the same up to floating-point rounding, and the loss functions
 do not change (classifier guidance's guidance term couples its concept and unconditional rows; the backward
 pass gets that coupling from the output gradient, which the loss computes on every row at once).

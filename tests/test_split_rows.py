@@ -21,7 +21,8 @@ def _cg(model, tuned, b, gen):
     x, t = _rows(model, b, gen)
     concept = model.encode_text(["a red solid circle"] * b)
     uncond = model.encode_text([""]).expand(b, -1, -1)
-    target, frozen = torch.randn(b, *model.latent_shape, generator=gen), torch.randn(b, *model.latent_shape, generator=gen)
+    target = torch.randn(b, *model.latent_shape, generator=gen)
+    frozen = torch.randn(b, *model.latent_shape, generator=gen)
     kx, kt = _rows(model, b, gen)
     keep = PreserveRows(kx, kt, model.encode_text(["a blue striped square"] * b),
                         torch.randn(b, *model.latent_shape, generator=gen))
