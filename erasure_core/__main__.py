@@ -1,4 +1,4 @@
-"""Command line: `python -m erasure_core {demo,erase,sample,toyworld-eval,toyworld-train,toyworld-train-controlnet} ...`."""
+"""Command line: `python -m erasure_core {demo,erase,sample,audit,toyworld-eval,toyworld-train,toyworld-train-controlnet} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -294,6 +294,63 @@ def _control_arguments(parser) -> None:
                         help="ControlNet strength (ComfyUI's 'strength')")
 
 
+def erased_unet_of(model, erasure: str | None, erased_model: str | None, config: str | None):
+    """The UNet to attack: the original with an erasure file merged in, another model's UNet, or the original."""
+    from .erasure_file import apply_erasure, load_erasure
+    from .model import load_diffusers_model
+
+    if erasure and erased_model:
+        raise ErasureInputError("erasure", "both an erasure file and an erased model were given", "give one of them")
+    if erasure:
+        state_dict, metadata = load_erasure(erasure)
+        return apply_erasure(model.unet, state_dict, metadata=metadata)
+    if erased_model:
+        other = load_diffusers_model(erased_model, device=model.device, config=config)
+        if other.latent_shape != model.latent_shape:
+            raise ErasureInputError("erased model", "its UNet does not match the original model's",
+                                    "give the erased version of the same model")
+        return other.unet
+    return model.unet
+
+
+def cmd_audit(args) -> int:
+    from .audit import attack_config, classifier_reader, run_audit, toy_audit_options, toy_reader
+    from .attacks import ATTACKS
+    from .attacks.common import concept_latents
+    from .diffusion_judge import DiffusionClassifier
+
+    attacks = list(ATTACKS) if args.attack == "all" else [args.attack]
+    model, is_toy = _load_model(args.model, args.config, args.device)
+    toy, toy_neutral = toy_audit_options(args.concept) if is_toy else ({}, [])
+    options = dict(toy, steps=args.steps, tokens=args.tokens, seed=args.seed,
+                   templates=args.templates or toy.get("templates"))
+    configs = {a: attack_config(a, args.concept, **{k: v for k, v in options.items() if
+                                                    k in ATTACKS[a][0].__dataclass_fields__}) for a in attacks}
+    folder = checks.output_folder(args.out) if args.out else None  # checked before any work
+    unet = erased_unet_of(model, args.erasure, args.erased_model, args.config)
+    first = next(iter(configs.values()))
+    classifier = DiffusionClassifier(model, args.concept, first.templates, args.neutral or toy_neutral or [""],
+                                     seed=first.seed)
+    reader, second = classifier_reader(classifier), None
+    if is_toy and args.judge != "classifier":
+        reader, second = toy_reader(_toy_judge(), args.concept), reader
+    print(f"\n{'attack':16s} {'budget':34s} {'ASR':>6s}  found")
+    print(f"drawing the original model's images of {args.concept!r} ({len(first.templates)} prompts × "
+          f"{first.images_per_template})", flush=True)
+    pool = concept_latents(model, first)  # every attack learns from the same images (same prompts and seeds)
+    for attack, config in configs.items():
+        out = run_audit(model, model.with_unet(unet), attack, config, reader, args.images_per_template,
+                        args.negative_prompt or "", pool=pool, out_dir=folder, second_reader=second,
+                        progress=_progress_printer(), log=lambda m: print(m, flush=True))
+        r = out.report
+        extra = f"  (diffusion classifier {r['second_asr']:.3f}, agreement {r['agreement']:.3f})" if second else ""
+        print(f"{attack:16s} {r['budget']:34s} {r['asr']:6.3f}  {r['found']}{extra}", flush=True)
+        if folder is not None:
+            print("wrote " + ", ".join(str(folder / f) for f in out.files.values()))
+    print(f"judge: {reader.name}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m erasure_core", description="Erase concepts from a Stable "
                                      "Diffusion model's weights.")
@@ -323,6 +380,9 @@ def main(argv=None) -> int:
     erase.add_argument("--grid", type=int, help="DT: scrambled grid size")
     erase.add_argument("--drift-weight", dest="drift_weight", type=float, help="CG: λ on the unconditional drift")
     erase.add_argument("--eta", type=float, help="ESD: negative-guidance strength")
+    erase.add_argument("--robust", dest="adversarial", action="store_const", const=True,
+                       help="dt, cg: also erase what a soft-prompt attack finds during training (slower; see the "
+                       "README's robustness section)")
     erase.add_argument("--preserve-weight", dest="preserve_weight", type=float,
                        help="DT, CG, CA: weight of the preservation term")
     erase.add_argument("--batch-size", dest="batch_size", type=int)
@@ -362,6 +422,30 @@ def main(argv=None) -> int:
     sample.add_argument("--out", default="samples.png")
     _control_arguments(sample)
     sample.set_defaults(fn=cmd_sample)
+
+    audit = sub.add_parser("audit", help="attack an erasure and report the attack success rate (ASR)")
+    audit.add_argument("--concept", required=True, help="the erased concept")
+    audit.add_argument("--erasure", help="erasure file (.safetensors) to merge into --model; without it and "
+                       "--erased-model, the original model itself is attacked")
+    audit.add_argument("--erased-model", dest="erased_model", help="an erased model (diffusers folder or .safetensors)")
+    audit.add_argument("--attack", choices=["soft_prompt", "discrete_prompt", "concept_vector", "all"], default="all")
+    audit.add_argument("--steps", type=int, help="the attack's optimisation steps (its budget)")
+    audit.add_argument("--tokens", type=int, help="tokens the attack may use (soft prompt, discrete prompt)")
+    audit.add_argument("--seed", type=int)
+    audit.add_argument("--images-per-template", dest="images_per_template", type=int, default=2,
+                       help="attack images per prompt, on seeds the attack never saw")
+    audit.add_argument("--template", dest="templates", action="append", help="concept prompt template with {}")
+    audit.add_argument("--neutral", action="append", help="diffusion classifier: a word in the concept's place for a "
+                       "neutral prompt (repeatable; default: the concept left out)")
+    audit.add_argument("--negative-prompt", dest="negative_prompt", help="sample the attack images with this "
+                       "negative prompt (to audit the negative-prompt baseline)")
+    audit.add_argument("--judge", choices=["auto", "classifier"], default="auto",
+                       help="auto: the toy world's judge on the toy world, else the diffusion classifier")
+    audit.add_argument("--model", help="the original model (default: the toy world)")
+    audit.add_argument("--config", help="local diffusers folder describing a single-file checkpoint")
+    audit.add_argument("--out", help="folder for the report, the strongest images and a soft prompt's embedding")
+    audit.add_argument("--device", default="cpu")
+    audit.set_defaults(fn=cmd_audit)
 
     ev = sub.add_parser("toyworld-eval", help="judge and generation accuracy of the toy world")
     ev.add_argument("--out", required=True, help="JSON file to write (a PNG of samples is written beside it)")

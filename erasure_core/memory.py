@@ -355,7 +355,8 @@ def plan_memory(model, method: str, config, available: int | None | bool = True)
         settings = f"{method}, {config.group} closed-form edit ({n_trained / 1e6:.1f} M weights), no training"
         return MemoryPlan(str(device), parts, resident, free, settings)
     rows = config.training_rows()
-    offloaded = sum(module_bytes(m) for m in offloadable_text_encoders(model))  # on the CPU while training
+    # on the CPU while training (unless the robust option's attacks encode text then)
+    offloaded = sum(module_bytes(m) for m in offloadable_text_encoders(model, config))
     parts = {
         "frozen model (loaded)": resident - offloaded,
         "trained copy (fp32)": 4 * n_trained,

@@ -66,6 +66,37 @@ class EpsilonFromPrediction:
         return epsilon_from(out, latents, timesteps, self.alphas_cumprod, self.v_prediction)
 
 
+class TokenEmbeddingText(Protocol):
+    """What the embedding-level attacks (erasure_core/attacks) also ask of a model: text encoding whose input
+    token embeddings can be replaced, with gradients. `erasure_core.attacks.text` replaces the embeddings of a
+    marker word through a forward hook on `token_embedding_module()`, so a backend needs no attack code.
+
+    Implemented by the diffusers backend and the ComfyUI backend (any SD1/SD2 CLIP); not by the webui's.
+    """
+
+    def token_embedding_module(self) -> nn.Module: ...  # token ids (N, L) -> embeddings (N, L, D), in the encoder
+
+    def token_ids(self, text: str) -> list[int]: ...  # the ids of `text`, without start/end tokens
+
+    def vocabulary(self) -> dict[str, int]: ...  # the tokenizer's entries: token string -> id
+
+    def encode_text_with_grad(self, prompts: list[str]) -> torch.Tensor: ...  # `encode_text`, gradients kept
+
+
+def single_token_words(model: TokenEmbeddingText) -> dict[str, int]:
+    """Whole words (letters only) that the tokenizer turns into exactly one token, each with that token's id.
+    Kept on the model: SD's vocabulary takes a few seconds to check."""
+    words = getattr(model, "_single_token_words", None)
+    if words is None:
+        words = {}
+        for entry, index in model.vocabulary().items():
+            word = entry[:-len("</w>")] if entry.endswith("</w>") else None
+            if word and word.isalpha() and model.token_ids(word) == [index]:
+                words[word] = index
+        model._single_token_words = words
+    return words
+
+
 @dataclass
 class DiffusersModel(EpsilonFromPrediction):
     """A Stable Diffusion 1.x-type model held as diffusers modules (UNet, VAE, CLIP text encoder).
@@ -120,9 +151,22 @@ class DiffusersModel(EpsilonFromPrediction):
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        return self.encode_text_with_grad(prompts)
+
+    # -- TokenEmbeddingText ------------------------------------------------------------------------
+    def encode_text_with_grad(self, prompts: list[str]) -> torch.Tensor:
         ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids.to(self.device)
         return self.text_encoder(ids).last_hidden_state.float()
+
+    def token_embedding_module(self) -> nn.Module:
+        return self.text_encoder.get_input_embeddings()
+
+    def token_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def vocabulary(self) -> dict[str, int]:
+        return dict(self.tokenizer.get_vocab())
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

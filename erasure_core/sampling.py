@@ -44,13 +44,15 @@ def sample_latents(model: DiffusionModel, prompts: list[str], seeds: list[int], 
                    guidance: float = 7.5, negative_prompt: str = "", batch_size: int = 32,
                    scheduler=None, trajectory_hook: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
                    controlnet=None, control_image: torch.Tensor | None = None, control_scale: float = 1.0,
-                   desc: str = "sampling", latent_shape: tuple[int, int, int] | None = None) -> torch.Tensor:
+                   desc: str = "sampling", latent_shape: tuple[int, int, int] | None = None,
+                   contexts: torch.Tensor | None = None) -> torch.Tensor:
     """Latents of `prompts` (one seed each) by classifier-free guidance.
 
     `unet` defaults to the model's own; pass a tuned one to sample an erased model.
     `negative_prompt` replaces the empty prompt in the guidance (the negative-prompt baseline).
     `trajectory_hook(step_index, timesteps, x_t)` sees every intermediate latent (used to cache
-    frozen-model trajectories for training).
+    frozen-model trajectories for training). `contexts` (one row per prompt) conditions the UNet instead of the
+    prompts' own encoding (an attack's conditioning; `prompts` then only count the images).
     `controlnet` (a diffusers ControlNetModel) with `control_image` ((N, 3, H, W) in [0, 1], one per prompt,
     or one for all) drives the UNet as ComfyUI's ControlNetApplyAdvanced does: on both guidance branches.
     Every DDIM step is reported as `desc` (erasure_core.progress); `latent_shape` overrides the
@@ -70,7 +72,8 @@ def sample_latents(model: DiffusionModel, prompts: list[str], seeds: list[int], 
         sched = scheduler or DDIMScheduler.from_config(model.scheduler_config)
         sched.set_timesteps(steps)
         x = initial_noise(model, seeds[start:start + batch_size], latent_shape) * sched.init_noise_sigma
-        cond = model.encode_text(chunk_prompts)
+        cond = (model.encode_text(chunk_prompts) if contexts is None
+                else contexts[start:start + batch_size].to(model.device))
         uncond = uncond_all.expand(len(chunk_prompts), -1, -1)
         context = torch.cat([uncond, cond])
         chunk_unet = unet

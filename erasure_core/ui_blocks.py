@@ -334,9 +334,8 @@ def size_or_default(field_name: str, value, default: int | None) -> int | None:
     return whole_number(field_name, value, 8, f"use e.g. {default}")
 
 
-class EraseRunner:
-    """One erasure at a time for a host; Cancel sets an event checked at every training step and at every
-    step of the sampling before it (erasure_core.progress)."""
+class HostRunner:
+    """One run at a time for a host; Cancel sets an event the run checks each step (with the host's own)."""
 
     def __init__(self, host: Host):
         self.host = host
@@ -349,6 +348,11 @@ class EraseRunner:
 
     def _should_cancel(self) -> bool:
         return self.cancel_event.is_set() or bool(self.host.should_cancel())
+
+
+class EraseRunner(HostRunner):
+    """One erasure at a time for a host; Cancel sets an event checked at every training step and at every
+    step of the sampling before it (erasure_core.progress)."""
 
     def run(self, method, concepts, alternative, preserve, steps, lr, group, rank, seed, measure=False,
             progress: Callable | None = None, grid=None, image_size=None, sample_steps=None, report_size=None,
@@ -542,5 +546,8 @@ def build_blocks(host: Host, runner: EraseRunner | None = None):
                          outputs=[status, loss, gallery, saved])
         # Not queued: it must get through while the erasure itself occupies the queue.
         cancel_button.click(runner.cancel, inputs=None, outputs=None, queue=False)
+        from .ui_audit import build_audit_section
+
+        blocks.ce_audit_runner = build_audit_section(host, saved)
     blocks.ce_runner = runner  # for tests and hosts
     return blocks

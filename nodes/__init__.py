@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .audit import AuditErasure
 from .compare import ErasureCompare
 from .dataset import ScrambledGridDataset
 from .erase import EraseConceptCG, EraseConceptDT
@@ -10,7 +11,7 @@ from .files import LoadErasure, SaveErasure
 from .toyworld import ToyControlImage, ToyControlNetLoader, ToyWorldLoader
 
 NODES: list[type[io.ComfyNode]] = [ScrambledGridDataset, EraseConceptDT, EraseConceptCG, SaveErasure, LoadErasure,
-                                   ErasureCompare, ToyWorldLoader, ToyControlNetLoader, ToyControlImage]
+                                   ErasureCompare, ToyWorldLoader, ToyControlNetLoader, ToyControlImage, AuditErasure]
 
 
 class ConceptEraserExtension(ComfyExtension):

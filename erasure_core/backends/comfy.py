@@ -16,6 +16,7 @@ the diffusers backend computes for the same architecture.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -73,6 +74,29 @@ def schedule_of(patcher) -> tuple[torch.Tensor, bool]:
                                 "connect an epsilon- or v-prediction SD1.x/SD2.x MODEL")
     sigmas = sigmas.detach().double().cpu()
     return (1.0 / (1.0 + sigmas ** 2)).float(), "V_PREDICTION" in kinds
+
+
+@contextlib.contextmanager
+def out_of_place_clip_layers(transformer: nn.Module):
+    """ComfyUI's CLIP layers add their residuals in place (`x += attn(norm(x))`), which autograd refuses when
+    the text's embeddings need gradients (the attacks'). Inside this block every such layer computes the same
+    sum out of place; outside, ComfyUI's own forward is back."""
+    layers = [m for m in transformer.modules() if all(hasattr(m, a) for a in ("self_attn", "layer_norm1", "mlp",
+                                                                              "layer_norm2"))]
+
+    def forward_of(layer):
+        def forward(x, mask=None, optimized_attention=None):
+            x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+            return x + layer.mlp(layer.layer_norm2(x))
+        return forward
+
+    for layer in layers:
+        layer.forward = forward_of(layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
 
 
 class ComfyModel(EpsilonFromPrediction):
@@ -155,6 +179,35 @@ class ComfyModel(EpsilonFromPrediction):
         y = self.patcher.model.encode_adm(pooled_output=pooled, width=side, height=side, crop_w=0, crop_h=0,
                                           target_width=side, target_height=side)
         return Conditioning(context=cond, y=y.float().clone())
+
+    # -- TokenEmbeddingText (erasure_core/model.py): the embedding-level attacks ---------------------------
+    def _text_parts(self):
+        """(the CLIP tokenizer, the text model) of the CLIP's first encoder (SD1: clip_l, SD2: clip_h)."""
+        if self.clip is None:
+            raise ErasureInputError("clip", "is not connected", "connect the CLIP output of your checkpoint loader")
+        tokenizer, encoder = self.clip.tokenizer, self.clip.cond_stage_model
+        inner_tokenizer = getattr(tokenizer, getattr(tokenizer, "clip", ""), None)
+        inner_encoder = getattr(encoder, getattr(encoder, "clip", ""), None)
+        if inner_tokenizer is None or inner_encoder is None or not hasattr(inner_encoder, "transformer"):
+            raise ErasureInputError("clip", f"a {type(encoder).__name__} text encoder does not expose its token "
+                                    "embeddings", "use the concept_vector attack with this CLIP")
+        return inner_tokenizer.tokenizer, inner_encoder.transformer
+
+    def token_embedding_module(self) -> nn.Module:
+        return self._text_parts()[1].get_input_embeddings()
+
+    def token_ids(self, text: str) -> list[int]:
+        return list(self._text_parts()[0](text, add_special_tokens=False)["input_ids"])
+
+    def vocabulary(self) -> dict[str, int]:
+        return dict(self._text_parts()[0].get_vocab())
+
+    def encode_text_with_grad(self, prompts: list[str]) -> torch.Tensor:
+        if self.clip is None:
+            raise ErasureInputError("clip", "is not connected", "connect the CLIP output of your checkpoint loader")
+        with out_of_place_clip_layers(self._text_parts()[1]):
+            rows = [self.clip.encode_from_tokens(self.clip.tokenize(p))[:, :77].float() for p in prompts]
+        return torch.cat(rows).to(self.device)
 
     def _need_vae(self):
         if self.vae is None:

@@ -35,6 +35,7 @@ class CGConfig(TrajectoryConfig):
     preserve_weight: float = _OBJECT["preserve_weight"]
     group: str = _OBJECT["group"]  # "surgical": only the layers that read the text
     lr: float = _OBJECT["lr"]
+    supports_adversarial = True
 
     def validate(self) -> None:
         super().validate()
@@ -50,7 +51,8 @@ class CGConfig(TrajectoryConfig):
         keep = bool(self.preserve_prompts) and self.preserve_weight > 0
         keep_points = len(self.preserve_prompts) * self.sample_steps if keep else 0  # x_t and eps* each
         contexts = self.n_concept_prompts() + 1 + (len(self.preserve_prompts) if keep else 0)
-        return points * (3 * latent + 16) + keep_points * (2 * latent + 16) + contexts * context
+        return (points * (3 * latent + 16) + keep_points * (2 * latent + 16) + contexts * context
+                + self.adversarial_bytes(latent, context))
 
 
 def cg_loss(model: DiffusionModel, tuned, x_t, t, concept_ctx, uncond_ctx, target_guidance, frozen_uncond,
@@ -104,6 +106,14 @@ def erase_cg(model: DiffusionModel, config: CGConfig, progress: ProgressFn | Non
         keep = preserve_pool(model, list(config.preserve_prompts), 1, config.seed + 100_000,
                              config.sample_steps, config.guidance)
 
+    adversary = None
+    if config.adversarial is not None:  # the robust option: its attacks learn from where the trajectories ended
+        from ..attacks.common import ConceptLatents  # here: the attacks package imports this one's package
+        from .robust import AdversarialPool
+
+        adversary = AdversarialPool(model, config.adversarial, [(c, config.templates_for(c)) for c in config.concepts],
+                                    ConceptLatents(cache.final, cache.final_prompt_index), config.seed)
+
     tuned, params = make_trainable(model.unet, config.group, config.rank, checkpointing_for(config, model.device),
                                    config.seed)
     tuned.train()
@@ -113,12 +123,15 @@ def erase_cg(model: DiffusionModel, config: CGConfig, progress: ProgressFn | Non
         i = cache.batch(b, gen)
         t = cache.t[i].to(model.device)
         ctx = concept_ctx[cache.prompt_index[i].to(concept_ctx.device)]
+        if adversary is not None:
+            adversary.refresh(step, tuned, params, should_cancel)
+            ctx = adversary.mix(ctx, cache.prompt_index[i])
         kept = keep.batch(b, gen) if keep is not None else None
         return cg_loss(trainer, tuned, cache.x_t[i], t, ctx, uncond_ctx.expand(b, -1, -1), target[i],
                        frozen_uncond[i], config.drift_weight, kept, config.preserve_weight)
 
-    with text_encoders_on_cpu(model):  # no training step encodes text (offload.py)
+    with text_encoders_on_cpu(model, config):  # no training step encodes text but the robust option's (offload.py)
         losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
                           precision=config.precision, batch_size=config.batch_size,
                           micro_batch=config.micro_batch)
-    return finish("cg", config, model.unet, tuned, losses, started, plan)
+    return finish("cg", config, model.unet, tuned, losses, started, plan, adversary)

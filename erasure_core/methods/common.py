@@ -55,6 +55,9 @@ class EraseConfig:
     # What the concepts are (erasure_core/defaults.KINDS): picks the defaults a host fills in and the advice of
     # `warnings`; None = as far as the words tell (defaults.guess_kind).
     kind: str | None = None
+    # The robust option (methods/robust.py; DT and CG): None (off), True, or an AdversarialConfig / its options.
+    adversarial: object = None
+    supports_adversarial = False  # a class attribute: the methods that have the robust option set it
 
     def validate(self) -> None:
         """Check every option before any work; an ErasureInputError names the field and the fix."""
@@ -111,6 +114,12 @@ class EraseConfig:
         self.sample_steps = checks.whole_number("sampling steps", self.sample_steps, 1, checks.MAX_SAMPLING_STEPS,
                                                 "use e.g. 25")
         self.guidance = checks.real_number("guidance", self.guidance, 0.0, 100.0, "use e.g. 7.5")
+        from .robust import adversarial_config
+
+        self.adversarial = adversarial_config(self.adversarial)
+        if self.adversarial is not None and not self.supports_adversarial:
+            raise ErasureInputError("adversarial", f"{type(self).__name__.removesuffix('Config')} has no robust "
+                                    "option", "use dt or cg for a robust erasure, or leave the option off")
 
     # -- what the memory plan (erasure_core/memory.py) needs to know of a method --------------------------
     def trains(self) -> bool:
@@ -131,6 +140,13 @@ class EraseConfig:
         """Bytes the method computes once before training and keeps through it, given the bytes of one latent,
         one image and one text context."""
         return 0
+
+    def adversarial_bytes(self, latent: int, context: int) -> int:
+        """What the robust option keeps: the frozen model's concept images as latents and the conditionings found."""
+        if self.adversarial is None:
+            return 0
+        entries = self.steps // self.adversarial.every + 1
+        return self.n_concept_prompts() * (entries * context + 4 * latent)
 
     def n_concept_prompts(self) -> int:
         return sum(len(self.templates_for(c)) for c in self.concepts)
@@ -190,6 +206,7 @@ class ErasureResult:
     losses: list[float]
     seconds: float
     memory_plan: object = None  # erasure_core.memory.MemoryPlan made before the run
+    adversarial_seconds: float = 0.0  # of `seconds`, the robust option's attacks
 
     @property
     def steps(self) -> int:
@@ -200,7 +217,7 @@ class ErasureResult:
 
 
 def finish(method: str, config: EraseConfig, original: nn.Module, tuned: nn.Module, losses: list[float],
-           started: float, memory_plan=None) -> ErasureResult:
+           started: float, memory_plan=None, adversary=None) -> ErasureResult:
     """Package a trained copy as a result: kohya tensors for LoRA or full deltas, and metadata."""
     tuned.eval().requires_grad_(False)
     rename = file_layer_name(original)  # SDXL files use ldm layer names (layouts.py)
@@ -213,14 +230,19 @@ def finish(method: str, config: EraseConfig, original: nn.Module, tuned: nn.Modu
             **{k: v for k, v in asdict(config).items() if k not in ("templates", "concept_images")},
             "name": erasure_stem(config.concepts, method)}
     metadata = erasure_file.build_metadata(original, info)
-    return ErasureResult(method, config, tuned, sd, metadata, losses, time.time() - started, memory_plan)
+    return ErasureResult(method, config, tuned, sd, metadata, losses, time.time() - started, memory_plan,
+                         adversary.seconds if adversary is not None else 0.0)
 
 
 def prepare(model, method: str, config: EraseConfig):
-    """Before any work: the memory plan, refused with the fix when it does not fit (or fitted, with
-    memory="auto"). Returns the config to run with and the plan."""
+    """Before any work: the model checked for the robust option when it is on, and the memory plan, refused with
+    the fix when it does not fit (or fitted, with memory="auto"). Returns the config to run with and the plan."""
     from ..memory import fit, plan_memory
 
+    if config.adversarial is not None:
+        from .robust import check_model
+
+        check_model(model)
     if config.memory == "off":
         return config, None
     return fit(model, method, config, plan_memory(model, method, config))

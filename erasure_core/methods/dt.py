@@ -65,6 +65,7 @@ class DTConfig(EraseConfig):
     # and preserved as well as the full weights did at lr 1e-4 (README "Choosing the defaults").
     rank: int | None = _OBJECT["rank"]
     lr: float = _OBJECT["lr"]
+    supports_adversarial = True
 
     def chosen_degeneration(self) -> str:
         if self.degeneration == "auto":
@@ -102,7 +103,7 @@ class DTConfig(EraseConfig):
         keep_prompts = len(set(self.preserve_prompts) | {""}) if self.preserve_weight > 0 else 0
         keep_points = keep_prompts * self.preserve_images_per_prompt * self.sample_steps  # x_t and eps* each
         return ((images * image if given else 0) + scrambles * (latent + context + 8)
-                + keep_points * (2 * latent + 16) + keep_prompts * context)
+                + keep_points * (2 * latent + 16) + keep_prompts * context + self.adversarial_bytes(latent, context))
 
 
 def dt_loss(model: DiffusionModel, tuned, z0, context, noise, t, keep: PreserveRows | None = None,
@@ -181,6 +182,16 @@ def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | Non
     latents, image_index = scrambled_latents(model, images, config.grid, config.scrambles_per_image, gen,
                                              degeneration=config.chosen_degeneration())
     concept_context = model.encode_text(prompts)[image_index.to(model.device)]
+    adversary = None
+    if config.adversarial is not None:  # the robust option: its attacks learn from the unscrambled images
+        from ..attacks.common import ConceptLatents  # here: the attacks package imports this one's package
+        from .robust import AdversarialPool
+
+        prompt_index = torch.tensor([concept_prompts.index(p) for p in prompts])
+        clean = ConceptLatents(model.encode_images(images), prompt_index)
+        adversary = AdversarialPool(model, config.adversarial, [(c, config.templates_for(c)) for c in config.concepts],
+                                    clean, config.seed)
+        row_prompt = prompt_index[image_index]
     del images  # training keeps the scrambles' latents only (what the memory plan counts)
 
     keep = None
@@ -200,11 +211,14 @@ def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | Non
         noise = torch.randn(z0.shape, generator=gen).to(z0)
         t = random_timesteps(b, gen, z0.device)
         kept = keep.batch(b, gen) if keep is not None else None
-        return dt_loss(trainer, tuned, z0, concept_context[i.to(concept_context.device)], noise, t, kept,
-                       config.preserve_weight)
+        context = concept_context[i.to(concept_context.device)]
+        if adversary is not None:
+            adversary.refresh(step, tuned, params, should_cancel)
+            context = adversary.mix(context, row_prompt[i])
+        return dt_loss(trainer, tuned, z0, context, noise, t, kept, config.preserve_weight)
 
-    with text_encoders_on_cpu(model):  # no training step encodes text (offload.py)
+    with text_encoders_on_cpu(model, config):  # no training step encodes text but the robust option's (offload.py)
         losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
                           precision=config.precision, batch_size=config.batch_size,
                           micro_batch=config.micro_batch)
-    return finish("dt", config, model.unet, tuned, losses, started, plan)
+    return finish("dt", config, model.unet, tuned, losses, started, plan, adversary)

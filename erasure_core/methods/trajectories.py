@@ -21,6 +21,8 @@ class TrajectoryCache:
     x_t: torch.Tensor  # (M, C, H, W) latents visited by the frozen model
     t: torch.Tensor  # (M,) their DDPM timesteps
     prompt_index: torch.Tensor  # (M,) which prompt each point's trajectory was sampled for
+    final: torch.Tensor | None = None  # (K, C, H, W) where each trajectory ended: the frozen model's images
+    final_prompt_index: torch.Tensor | None = None  # (K,)
 
     def __len__(self) -> int:
         return len(self.t)
@@ -47,9 +49,9 @@ def sample_trajectories(model: DiffusionModel, prompts: list[str], per_prompt: i
         ts.append(torch.full((len(x),), int(t)))
         idx.append(index[start:start + len(x)])
 
-    sample_latents(model, expanded, [seed + i for i in range(len(expanded))], steps=steps, guidance=guidance,
-                   batch_size=batch, trajectory_hook=keep, desc=desc)
-    return TrajectoryCache(torch.cat(xs), torch.cat(ts), torch.cat(idx))
+    final = sample_latents(model, expanded, [seed + i for i in range(len(expanded))], steps=steps, guidance=guidance,
+                           batch_size=batch, trajectory_hook=keep, desc=desc)
+    return TrajectoryCache(torch.cat(xs), torch.cat(ts), torch.cat(idx), final, index)
 
 
 @torch.no_grad()

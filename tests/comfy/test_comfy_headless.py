@@ -60,7 +60,7 @@ def test_schemas(pack):
     assert set(pack) == {"ConceptEraser_ScrambledGridDataset", "ConceptEraser_EraseDT", "ConceptEraser_EraseCG",
                          "ConceptEraser_SaveErasure", "ConceptEraser_LoadErasure", "ConceptEraser_Compare",
                          "ConceptEraser_ToyWorldLoader", "ConceptEraser_ToyControlNetLoader",
-                         "ConceptEraser_ToyControlImage"}
+                         "ConceptEraser_ToyControlImage", "ConceptEraser_Audit"}
     for cls in pack.values():
         schema = cls.GET_SCHEMA()
         assert schema.category == "Concept Eraser" and schema.description

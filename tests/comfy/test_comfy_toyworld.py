@@ -65,3 +65,24 @@ def test_toy_nodes(pack):
     image = pack["ConceptEraser_ToyControlImage"].execute("outline", "square", 12.0, 18.0, 10.0, 0.1).result[0]
     assert image.shape == (1, 32, 32, 3)
     assert np.array_equal(image[0].numpy(), control_image("outline", "square", Placement(12.0, 18.0, 10.0, 0.1)))
+
+
+def test_audit_node_on_the_toy_world(pack):
+    """Audit Erasure in the graph: the toy world's MODEL as original and as erased (a CG erasure node's output),
+    attacked through ComfyUI's own CLIP by the soft prompt (gradients through its token embeddings)."""
+    model, clip, vae = pack["ConceptEraser_ToyWorldLoader"].execute().result
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        erased = pack["ConceptEraser_EraseCG"].execute(
+            model=model, clip=clip, concept="circle", alternative="", templates="a red solid {}", preserve="",
+            steps=2, learning_rate=5e-4, rank=0, batch_size=2, sampling_steps=3, image_size=32, seed=0,
+            trajectories_per_prompt=1, drift_weight=1.0, parameter_group="cross_attn").args[0]
+        out = pack["ConceptEraser_Audit"].execute(
+            original=model, erased=erased, clip=clip, vae=vae, concept="circle", attack="soft_prompt", steps=2, tokens=1,
+            templates="a red solid {}\na blue dotted {}", neutral="square\ntriangle", images_per_template=2,
+            sampling_steps=3, cfg=1.5, image_size=32, seed=0)
+    asr, images, found, conditioning = out.args
+    assert 0.0 <= asr <= 1.0 and asr * 4 == round(asr * 4)  # 2 templates x 2 held-out seeds
+    assert tuple(images.shape) == (4, 32, 32, 3) and "ASR" in found and "diffusion classifier" in found
+    typed = clip.encode_from_tokens(clip.tokenize("a red solid circle"))
+    assert conditioning[0][0].shape == typed.shape  # one prompt, as ComfyUI's own CLIP encodes text
+    assert out.ui is not None
