@@ -87,7 +87,8 @@ def attack_latents(erased, result: AttackResult, config: AttackConfig, per_templ
     seeds = [config.seed + EVAL_SEED_OFFSET + i for i in range(len(index))]
     latents = sample_latents(erased, [result.prompts[i] for i in index], seeds, steps=config.sample_steps,
                              guidance=config.guidance, negative_prompt=negative_prompt,
-                             contexts=result.contexts[index.to(result.contexts.device)])
+                             contexts=result.contexts[index.to(result.contexts.device)],
+                             desc="the attack's images on held-out seeds")
     return latents, index, seeds
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .errors import ErasureError, ErasureInputError
+from .errors import ErasureCancelled, ErasureError, ErasureInputError
+from .progress import listen
 from .ui_blocks import HostRunner
 
 ATTACK_NAMES = ("soft_prompt", "discrete_prompt", "concept_vector")  # erasure_core.attacks.ATTACKS (tests check)
@@ -32,6 +33,14 @@ def with_unet(model, unet):
 
 class AuditRunner(HostRunner):
     """One audit at a time for a host; Cancel sets an event the attack checks each step."""
+
+    def _sampling_listener(self, progress: Callable):
+        """Shows the sampling's DDIM steps (erasure_core.progress) and stops there on Cancel."""
+        def show(desc: str, done: int, total: int) -> None:
+            if self._should_cancel():
+                raise ErasureCancelled(f"cancelled while {desc}; nothing was written")
+            progress((done, total), desc=f"{desc}: {done}/{total}")
+        return show
 
     def run(self, erasure_path, concept, attack, steps, tokens, seed, progress: Callable | None = None):
         """(status text, gallery items) of an audit of `erasure_path` (empty: the original model itself)."""
@@ -60,7 +69,7 @@ class AuditRunner(HostRunner):
                 raise ErasureInputError("erasure file", f"{path} does not exist", "give the path of a saved erasure "
                                         "(.safetensors), or leave it empty to attack the original model")
             progress(0.0, desc="waiting for the running job to finish")  # the webui's queue: a generation may run
-            with self.host.job():
+            with self.host.job(), listen(self._sampling_listener(progress)):
                 progress(0.0, desc="loading the model")
                 model = self.host.load_model()
                 unet = model.unet

@@ -12,6 +12,7 @@ from erasure_core.audit import attack_config, run_audit
 from erasure_core.backends import comfy as backend
 from erasure_core.errors import ErasureCancelled
 from erasure_core.methods.common import DEFAULT_TEMPLATES
+from erasure_core.progress import listen
 
 from .common import CATEGORY, lines, node_id, to_comfy_images
 from .progress import Reporter
@@ -72,7 +73,7 @@ class AuditErasure(io.ComfyNode):
         fields = ATTACKS[attack][0].__dataclass_fields__ if attack in ATTACKS else {}
         config = attack_config(attack, concept, **{k: v for k, v in options.items() if k in fields})
         reporter = Reporter(node_id(cls), "Audit", config.steps)
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), listen(reporter.phase):
             before = backend.ComfyModel(original, clip, vae, image_size=int(image_size))
             after = backend.ComfyModel(erased, clip, vae, image_size=int(image_size))
             try:

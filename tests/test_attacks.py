@@ -216,7 +216,10 @@ def test_tab_audits_the_file_the_erase_section_saved(toy_model, tmp_path):
 
     assert ATTACK_NAMES == tuple(ATTACKS)
     host = Host(load_model=lambda: toy_model, out_dir=tmp_path, toy=True, judge_path=JUDGE_PATH, log=lambda m: None)
-    saved = EraseRunner(host).run("esd", "circle", "", "", 2, 1e-4, "cross_attn", 0, 0).saved_path
+    # a short erasure (2 DDIM steps for its trajectories, no before/after images): the file is what is audited
+    saved = EraseRunner(host).run("esd", "circle", "", "", 2, 1e-4, "cross_attn", 0, 0, sample_steps=2,
+                                  report_steps=0, batch_size=2).saved_path
+    assert saved, "the erase section saved a file"
     calls = []
     status, gallery = AuditRunner(host).run(saved, "circle", "concept_vector", 1, 1, 0,
                                             progress=lambda value, desc=None: calls.append((value, desc)))
@@ -224,8 +227,30 @@ def test_tab_audits_the_file_the_erase_section_saved(toy_model, tmp_path):
     assert "Judge: toy world judge" in status
     assert len(gallery) == 8 and gallery[0][1].split(" · ")[0] in ("concept", "not")
     assert any("attacking: step 5/5" in (c[1] or "") for c in calls)
+    assert any("the attack's images on held-out seeds: 25/" in (c[1] or "") for c in calls), "sampling's progress"
     missing, nothing = AuditRunner(host).run(str(tmp_path / "nope.safetensors"), "circle", "soft_prompt", 1, 1, 0)
     assert missing.startswith("Error in erasure file") and nothing == []
     host.should_cancel = lambda: True
     cancelled, _ = AuditRunner(host).run("", "circle", "concept_vector", 1, 1, 0)
-    assert cancelled.startswith("Cancelled"), cancelled
+    assert cancelled.startswith("Cancelled: cancelled while the original model's images"), cancelled  # its first step
+
+
+def test_an_sdxl_model_is_refused_by_the_audit_and_the_robust_option_before_any_work():
+    """The attacks search one text-context tensor (SD1.x, SD2.x); SDXL's conditioning is refused with the fix."""
+    from types import SimpleNamespace
+
+    from erasure_core.conditioning import Conditioning
+    from erasure_core.methods.cg import CGConfig
+    from erasure_core.methods.common import prepare
+
+    def encode_text(prompts):
+        return Conditioning(context=torch.zeros(len(prompts), 77, 2048), pooled=torch.zeros(len(prompts), 1280))
+
+    sdxl = SimpleNamespace(encode_text=encode_text)  # anything past the check would fail on this stand-in
+    with pytest.raises(ErasureInputError, match="^model: the audit works on SD1.x and SD2.x") as err:
+        run_audit(sdxl, sdxl, "concept_vector", tiny_config("concept_vector"), log=lambda m: None)
+    assert err.value.fix
+    config = CGConfig(concepts=["circle"], adversarial=True)
+    config.validate()
+    with pytest.raises(ErasureInputError, match="^model: the robust option works on SD1.x and SD2.x"):
+        prepare(sdxl, "cg", config)

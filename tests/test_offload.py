@@ -48,7 +48,7 @@ def test_every_training_loop_runs_with_the_text_encoders_away(toy_model, monkeyp
     state = {"away": False, "trained_away": None}
 
     class Away:
-        def __init__(self, model):
+        def __init__(self, model, config=None):
             assert model is toy_model
 
         def __enter__(self):
@@ -82,3 +82,24 @@ def test_the_plan_leaves_the_text_encoders_out_of_training_on_a_gpu():
     assert on_cpu.parts["frozen model (loaded)"] - on_gpu.parts["frozen model (loaded)"] == encoders
     assert on_gpu.resident == on_cpu.resident  # loaded before the run all the same: they free memory while training
     assert "text encoders on the CPU while training (1.52 GiB)" in on_gpu.settings
+
+
+def test_the_robust_option_keeps_the_text_encoders_its_attacks_train_through():
+    """Its soft-prompt attacks encode text at training steps: the encoders stay, and the plan counts them."""
+    encoder = _Encoder()
+    model = SimpleNamespace(device=torch.device("cuda"), text_encoder=encoder)
+    robust = CGConfig(concepts=["a dog"], adversarial=True)
+    robust.validate()
+    with offload.text_encoders_on_cpu(model, robust):
+        pass
+    assert encoder.sent_to == []
+    assert offload.offloadable_text_encoders(model, CGConfig(concepts=["a dog"])) == [encoder]
+    sd15 = memory.ShapeOnlyModel.sd15()
+    plain, robust = CGConfig(concepts=["a dog"], rank=8), CGConfig(concepts=["a dog"], rank=8, adversarial=True)
+    plain.validate()
+    robust.validate()
+    kept = memory.plan_memory(sd15, "cg", robust, available=None)
+    away = memory.plan_memory(sd15, "cg", plain, available=None)
+    assert kept.parts["frozen model (loaded)"] - away.parts["frozen model (loaded)"] == \
+        memory.module_bytes(sd15.text_encoder)
+    assert "text encoders on the CPU" not in kept.settings and "text encoders on the CPU" in away.settings

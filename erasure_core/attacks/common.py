@@ -88,7 +88,7 @@ def concept_latents(model: DiffusionModel, config: AttackConfig) -> ConceptLaten
     index = torch.arange(len(prompts)).repeat_interleave(config.images_per_template)
     seeds = [config.seed + i for i in range(len(index))]
     latents = sample_latents(model, [prompts[i] for i in index], seeds, steps=config.sample_steps,
-                             guidance=config.guidance)
+                             guidance=config.guidance, desc="the original model's images of the concept")
     return ConceptLatents(latents, index)
 
 
