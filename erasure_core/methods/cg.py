@@ -89,7 +89,7 @@ def erase_cg(model: DiffusionModel, config: CGConfig, progress: ProgressFn | Non
     concept_prompts, alt_prompts = config.prompt_pairs()
 
     cache = sample_trajectories(model, concept_prompts, config.trajectories_per_prompt, config.seed,
-                                config.sample_steps, config.guidance)
+                                config.sample_steps, config.guidance, keep_final=config.adversarial is not None)
     concept_ctx = model.encode_text(concept_prompts)
     uncond_ctx = model.encode_text([""])
     frozen_uncond = frozen_predictions(model, cache, uncond_ctx.expand(len(concept_prompts), -1, -1))

@@ -182,7 +182,7 @@ def erase_dt(model: DiffusionModel, config: DTConfig, progress: ProgressFn | Non
     latents, image_index = scrambled_latents(model, images, config.grid, config.scrambles_per_image, gen,
                                              degeneration=config.chosen_degeneration())
     concept_context = model.encode_text(prompts)[image_index.to(model.device)]
-    adversary = None
+    adversary, row_prompt = None, None  # row_prompt: each scramble's concept prompt, for the robust option
     if config.adversarial is not None:  # the robust option: its attacks learn from the unscrambled images
         from ..attacks.common import ConceptLatents  # here: the attacks package imports this one's package
         from .robust import AdversarialPool

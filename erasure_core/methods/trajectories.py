@@ -34,8 +34,9 @@ class TrajectoryCache:
 @torch.no_grad()
 def sample_trajectories(model: DiffusionModel, prompts: list[str], per_prompt: int, seed: int, steps: int,
                         guidance: float, desc: str = "the original model's trajectories of the concept prompts",
-                        batch: int = 32) -> TrajectoryCache:
-    """Every intermediate x_t of `per_prompt` DDIM trajectories of the frozen model per prompt."""
+                        batch: int = 32, keep_final: bool = False) -> TrajectoryCache:
+    """Every intermediate x_t of `per_prompt` DDIM trajectories of the frozen model per prompt; with `keep_final`
+    also where each ended (the robust option's attacks learn from those images)."""
     expanded = [p for p in prompts for _ in range(per_prompt)]
     index = torch.tensor([i for i in range(len(prompts)) for _ in range(per_prompt)])
     chunk_starts = iter(range(0, len(expanded), batch))  # sample_latents draws `batch` prompts at a time
@@ -51,6 +52,8 @@ def sample_trajectories(model: DiffusionModel, prompts: list[str], per_prompt: i
 
     final = sample_latents(model, expanded, [seed + i for i in range(len(expanded))], steps=steps, guidance=guidance,
                            batch_size=batch, trajectory_hook=keep, desc=desc)
+    if not keep_final:
+        return TrajectoryCache(torch.cat(xs), torch.cat(ts), torch.cat(idx))
     return TrajectoryCache(torch.cat(xs), torch.cat(ts), torch.cat(idx), final, index)
 
 
