@@ -13,6 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# Every node the pack registers (tests/comfy/test_comfy_headless.py: test_schemas checks the same set in-process).
+PACK_NODE_IDS = {"ConceptEraser_ScrambledGridDataset", "ConceptEraser_EraseDT", "ConceptEraser_EraseCG",
+                 "ConceptEraser_SaveErasure", "ConceptEraser_LoadErasure", "ConceptEraser_Compare",
+                 "ConceptEraser_ToyWorldLoader", "ConceptEraser_ToyControlNetLoader", "ConceptEraser_ToyControlImage",
+                 "ConceptEraser_Audit"}
+
 from browser_support import free_port, stop  # tests/ is on sys.path (tests/conftest.py)
 from comfy_paths import COMFYUI_DIR, REPO
 from workflows import to_api

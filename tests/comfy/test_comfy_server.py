@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+import comfy_server
+
 
 def test_pack_loaded(comfy):
     info = comfy.object_info
     ours = {k for k, v in info.items() if v["category"] == "Concept Eraser"}
-    assert len(ours) == 9, ours
+    assert ours == comfy_server.PACK_NODE_IDS, ours
     assert "IMPORT FAILED" not in "\n".join(l for l in comfy.log.read_text().splitlines() if "concept_eraser" in l)
     assert "/extensions/concept_eraser/concept_eraser.js" in comfy.get("/extensions")
 
