@@ -366,14 +366,14 @@ def plan_memory(model, method: str, config, available: int | None | bool = True)
         f"activations ({rows} rows)": int(saved_activations(layout, rows, model.latent_shape, context_shape,
                                                             trained, precision_dtype, weight_dtype, device.type,
                                                             lora).peak(checkpointing, lora=lora)
-                                          * (SPLIT_ROWS_FACTOR if getattr(config, "split_rows", False) else 1)),
+                                          * (SPLIT_ROWS_FACTOR if config.split_rows else 1)),
     }
     weights = "full weights" if config.rank is None else f"LoRA rank {config.rank}"
     settings = (f"{method}, {config.group} {weights} ({n_trained / 1e6:.1f} M trained), batch {config.batch_size}, "
                 f"{model.latent_shape[1]}x{model.latent_shape[2]} latents, "
                 f"{'bf16' if precision_dtype == torch.bfloat16 else 'fp32'} activations"
                 f"{', gradient checkpointing' if checkpointing else ''}"
-                f"{', rows back-propagated one group at a time' if getattr(config, 'split_rows', False) else ''}"
+                f"{', rows back-propagated one group at a time' if config.split_rows else ''}"
                 + (f", text encoders on the CPU while training ({offloaded / GiB:.2f} GiB)" if offloaded else ""))
     return MemoryPlan(str(device), parts, resident, free, settings)
 

@@ -70,6 +70,6 @@ class RowsSplit:
 def rows_split(model, config):
     """The model the training step of `config` calls: split into groups of the (micro-)batch's rows when
     `config.split_rows`, else the model itself."""
-    if not getattr(config, "split_rows", False):
+    if not config.split_rows:
         return model
     return RowsSplit(model, min(config.micro_batch or config.batch_size, config.batch_size))

@@ -102,7 +102,7 @@ def erase_ca(model: DiffusionModel, config: CAConfig, progress: ProgressFn | Non
         return ca_loss(trainer, tuned, cache.x_t[i], cache.t[i].to(model.device), ctx, anchor_eps[i], kept,
                        config.preserve_weight)
 
-    with text_encoders_on_cpu(model):  # no training step encodes text (offload.py)
+    with text_encoders_on_cpu(model, config):  # no training step encodes text (offload.py)
         losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
                           precision=config.precision, batch_size=config.batch_size, micro_batch=config.micro_batch)
     return finish("ca", config, model.unet, tuned, losses, started, plan)

@@ -74,7 +74,7 @@ def erase_esd(model: DiffusionModel, config: ESDConfig, progress: ProgressFn | N
         ctx = concept_ctx[cache.prompt_index[i].to(concept_ctx.device)]
         return esd_loss(model, tuned, cache.x_t[i], cache.t[i].to(model.device), ctx, target[i])
 
-    with text_encoders_on_cpu(model):  # no training step encodes text (offload.py)
+    with text_encoders_on_cpu(model, config):  # no training step encodes text (offload.py)
         losses = optimise(params, loss_fn, config.steps, config.lr, model.device, progress, should_cancel,
                           precision=config.precision, batch_size=config.batch_size,
                           micro_batch=config.micro_batch)
