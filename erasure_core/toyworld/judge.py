@@ -3,10 +3,13 @@
 Every erasure claim is measured with it. Each head has a "none" class, so an image that
 shows no shape (the empty canvas, a scrambled grid, noise) is not forced into one.
 Trained on procedural images, half of them passed through the toy VAE so the judge reads
-decoded generations as well as clean drawings.
+decoded generations as well as clean drawings, their colours varied within what each colour's
+name allows so that it reads a colour by its hue rather than by the renderer's exact RGB (the
+toy model's greens are darker and duller than the renderer's).
 """
 from __future__ import annotations
 
+import colorsys
 import random
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from torch import nn
 
 from ..degeneration import LUMA
 from ..scrambled_grid import scramble_grid
-from .draw import BACKGROUND, IMAGE_SIZE, blank_canvas, draw_scene
+from .draw import BACKGROUND, IMAGE_SIZE, RGB, blank_canvas, draw_scene
 from .world import COLOR_NAMES, NONE, SHAPE_NAMES, STYLE_NAMES, Scene, all_scenes
 
 HEADS = {"shape": SHAPE_NAMES + [NONE], "color": COLOR_NAMES + [NONE], "style": STYLE_NAMES + [NONE]}
@@ -61,6 +64,38 @@ def _labels(shape: str, color: str, style: str) -> tuple[int, int, int]:
     return HEADS["shape"].index(shape), HEADS["color"].index(color), HEADS["style"].index(style)
 
 
+# How far a drawn colour may move and still be called by its name, so the judge reads a colour by its hue and not
+# by the renderer's exact RGB (the toy model draws green darker and duller than the renderer, most in striped and
+# dotted shapes): hue within 12 degrees (red and yellow, the nearest pair, are 47 degrees apart), saturation down to
+# half (a dull green is still green; grey, saturation 0, is "none"), value 0.75-1.1 times the renderer's.
+HUE_JITTER = 12 / 360
+SATURATION_SCALE = (0.5, 1.1)
+VALUE_SCALE = (0.75, 1.1)
+
+
+def jittered_colour(name: str, rng: np.random.Generator) -> np.ndarray:
+    """An RGB colour that is still `name`: the renderer's with hue, saturation and value moved within the limits."""
+    h, s, v = colorsys.rgb_to_hsv(*RGB[name])
+    h = (h + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 1.0
+    s = min(1.0, s * rng.uniform(*SATURATION_SCALE))
+    v = min(1.0, v * rng.uniform(*VALUE_SCALE))
+    return np.array(colorsys.hsv_to_rgb(h, s, v), dtype=np.float32)
+
+
+def recolour(image: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """A drawing (H, W, 3) of colour `old` as if drawn in `new`. Every pixel of a drawing is the canvas plus a share
+    of (old - canvas), anti-aliased edges included; that share is kept and the direction replaced."""
+    old_dir, new_dir = old - BACKGROUND, new - BACKGROUND
+    share = (image - BACKGROUND) @ old_dir / float(old_dir @ old_dir)
+    return np.clip(image + share[..., None] * (new_dir - old_dir), 0, 1).astype(np.float32)
+
+
+def colour_varied_scene(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    """A drawing of `scene` in a colour moved within what its colour's name allows (`jittered_colour`)."""
+    old = np.array(RGB[scene.color], dtype=np.float32)
+    return recolour(draw_scene(scene, rng), old, jittered_colour(scene.color, rng))
+
+
 def scramble_fill(style: str, grid: int) -> str | None:
     """The fill a scramble of a `style` image shows: its own while a patch holds whole periods of the texture
     (patches of 8 px or more hold a 6-px stripe or dot period), "none" once patches are smaller than a stripe (3 px
@@ -74,10 +109,13 @@ def scramble_fill(style: str, grid: int) -> str | None:
     return None
 
 
-def scrambled_scene(scene: Scene, grid: int, rng: np.random.Generator, gen: torch.Generator):
+def scrambled_scene(scene: Scene, grid: int, rng: np.random.Generator, gen: torch.Generator,
+                    vary_colour: bool = False):
     """A scene cut into grid x grid patches and shuffled, and its labels: no shape; its colour, because every
-    pixel keeps its colour (a scramble of a red shape is still red); its fill per `scramble_fill`."""
-    clean = torch.from_numpy(draw_scene(scene, rng)).permute(2, 0, 1)[None]
+    pixel keeps its colour (a scramble of a red shape is still red); its fill per `scramble_fill`. The scene is
+    drawn in the renderer's colour, or with `vary_colour` in one its colour's name allows (for training)."""
+    drawing = colour_varied_scene(scene, rng) if vary_colour else draw_scene(scene, rng)
+    clean = torch.from_numpy(drawing).permute(2, 0, 1)[None]
     image = scramble_grid(clean, grid, gen)
     if torch.equal(image, clean):  # the identity permutation (1 in 24 at grid 2) still shows the shape
         return clean[0].permute(1, 2, 0).numpy(), (scene.shape, scene.color, scene.style)
@@ -106,14 +144,14 @@ def judge_example(rng: np.random.Generator, prng: random.Random) -> tuple[np.nda
     scene = all_scenes()[prng.randrange(len(all_scenes()))]
     r = prng.random()
     if r < 0.50:
-        return draw_scene(scene, rng), (scene.shape, scene.color, scene.style)
+        return colour_varied_scene(scene, rng), (scene.shape, scene.color, scene.style)
     if r < 0.56:
         return greyscale(draw_scene(scene, rng)), (scene.shape, NONE, scene.style)
     if r < 0.80:
         # Every grid size, the coarse ones (whose pieces are large) twice as often.
         grids = SCRAMBLE_GRIDS if prng.random() < 0.5 else SCRAMBLE_GRIDS[:3]
         gen = torch.Generator().manual_seed(prng.randrange(2**31))
-        return scrambled_scene(scene, prng.choice(grids), rng, gen)
+        return scrambled_scene(scene, prng.choice(grids), rng, gen, vary_colour=True)
     if r < 0.90:
         return blank_canvas(rng), (NONE, NONE, NONE)
     return pixel_noise(rng, prng.choice(NOISE_SCALES)), (NONE, NONE, NONE)
