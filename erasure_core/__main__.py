@@ -464,7 +464,7 @@ def main(argv=None) -> int:
     tr.add_argument("--out", help="folder (default: the shipped assets folder)")
     tr.add_argument("--steps", type=int, default=7000)
     tr.add_argument("--vae-steps", type=int, default=600)
-    tr.add_argument("--judge-steps", type=int, default=3000)
+    tr.add_argument("--judge-steps", type=int, default=1200)
     tr.add_argument("--schedule-steps", type=int, help="learning-rate horizon if longer than --steps")
     tr.add_argument("--xl", action="store_true", help="the SDXL-architecture toy (its UNet and two text encoders, "
                     "on the SD1 toy's VAE; default folder assets/xl)")

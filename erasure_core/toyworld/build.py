@@ -231,7 +231,7 @@ def build_info(command: str, seed: int, batch: int, timings: dict, started: floa
 
 
 def build(out: Path, vae_steps: int = 600, diffusion_steps: int = 7000, batch: int = 64,
-          judge_steps: int = 3000, seed: int = 0, log=print, checkpoint_dir: Path | None = None,
+          judge_steps: int = 1200, seed: int = 0, log=print, checkpoint_dir: Path | None = None,
           schedule_steps: int | None = None) -> dict:
     torch.use_deterministic_algorithms(True)
     out.mkdir(parents=True, exist_ok=True)
@@ -265,7 +265,7 @@ def build(out: Path, vae_steps: int = 600, diffusion_steps: int = 7000, batch: i
     return info
 
 
-def build_judge(out: Path, judge_steps: int = 3000, seed: int = 0, log=print) -> dict:
+def build_judge(out: Path, judge_steps: int = 1200, seed: int = 0, log=print) -> dict:
     """Retrain only the judge, on the VAE already in `out`/model (the same judge a full build trains: the judge's
     training is seeded on its own), and record it in build_info.json."""
     torch.use_deterministic_algorithms(True)

@@ -66,17 +66,33 @@ def _labels(shape: str, color: str, style: str) -> tuple[int, int, int]:
 
 # How far a drawn colour may move and still be called by its name, so the judge reads a colour by its hue and not
 # by the renderer's exact RGB (the toy model draws green darker and duller than the renderer, most in striped and
-# dotted shapes): hue within 12 degrees (red and yellow, the nearest pair, are 47 degrees apart), saturation down to
-# half (a dull green is still green; grey, saturation 0, is "none"), value 0.75-1.1 times the renderer's.
-HUE_JITTER = 12 / 360
-SATURATION_SCALE = (0.5, 1.1)
-VALUE_SCALE = (0.75, 1.1)
+# dotted shapes, where its green drifts toward yellow): the hue up to two thirds of the way to the midpoint between
+# its own and its neighbour's on either side (so it stays nearer its own name's hue than any other's: red may move
+# 16 degrees toward yellow, green 27 toward yellow and 33 toward blue), saturation down to 0.4 of the renderer's
+# (a dull green is still green; grey, saturation 0, is "none"), value 0.7-1.1 times the renderer's.
+HUE_REACH = 2 / 3
+SATURATION_SCALE = (0.4, 1.1)
+VALUE_SCALE = (0.7, 1.1)
+
+
+def _hue(name: str) -> float:
+    return colorsys.rgb_to_hsv(*RGB[name])[0]
+
+
+def hue_limits(name: str) -> tuple[float, float]:
+    """How far (as a share of the hue circle) the hue of `name` may move down and up: `HUE_REACH` of the way to the
+    midpoint with the nearest colour's hue on each side."""
+    own = _hue(name)
+    gaps_up = [(_hue(other) - own) % 1.0 for other in RGB if other != name]
+    down, up = 1.0 - max(gaps_up), min(gaps_up)
+    return HUE_REACH * down / 2, HUE_REACH * up / 2
 
 
 def jittered_colour(name: str, rng: np.random.Generator) -> np.ndarray:
     """An RGB colour that is still `name`: the renderer's with hue, saturation and value moved within the limits."""
     h, s, v = colorsys.rgb_to_hsv(*RGB[name])
-    h = (h + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 1.0
+    down, up = hue_limits(name)
+    h = (h + rng.uniform(-down, up)) % 1.0
     s = min(1.0, s * rng.uniform(*SATURATION_SCALE))
     v = min(1.0, v * rng.uniform(*VALUE_SCALE))
     return np.array(colorsys.hsv_to_rgb(h, s, v), dtype=np.float32)
