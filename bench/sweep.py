@@ -27,7 +27,7 @@ from erasure_core.toyworld.judge import load_judge  # noqa: E402
 from erasure_core.toyworld.splits import require_tuning  # noqa: E402
 
 COLUMNS = ("erased_rate", "paraphrase_erased_rate", "preserved_acc", "preserved_drop", "kept_rate", "alt_hit_rate",
-           "divergence")
+           "alt_ceiling", "divergence")
 
 
 def parse_overrides(text: str) -> dict:
