@@ -327,9 +327,11 @@ def free_memory(device: torch.device) -> int | None:
 
 
 # -- the plan -------------------------------------------------------------------------------------
-def plan_memory(model, method: str, config, available: int | None | bool = True) -> MemoryPlan:
+def plan_memory(model, method: str, config, available: int | None | bool = True,
+                probes: dict | None = None) -> MemoryPlan:
     """The plan of `method` with `config` on `model` (a DiffusionModel). `available`: True to ask the device,
-    or a number of free bytes, or None (unknown)."""
+    or a number of free bytes, or None (unknown). `probes`: a dict that keeps the meta probe's count per setting
+    between plans of the same model (`fit` tries many micro-batches; one probe costs seconds on SDXL)."""
     device = torch.device(model.device)
     unet = model.unet
     precision_dtype = compute_dtype(device, config.precision)
@@ -357,15 +359,22 @@ def plan_memory(model, method: str, config, available: int | None | bool = True)
     rows = config.training_rows()
     # on the CPU while training (unless the robust option's attacks encode text then)
     offloaded = sum(module_bytes(m) for m in offloadable_text_encoders(model, config))
+    # Every saved tensor has the rows as its batch dimension, so one row's count times the rows is exact
+    # (tests/test_memory.py checks it) and a probe serves every micro-batch.
+    key = (frozenset(trained), precision_dtype, weight_dtype, device.type, lora, tuple(model.latent_shape),
+           context_shape)
+    probes = {} if probes is None else probes
+    if key not in probes:
+        probes[key] = saved_activations(layout, 1, model.latent_shape, context_shape, trained, precision_dtype,
+                                        weight_dtype, device.type, lora)
+    one_row = probes[key]
     parts = {
         "frozen model (loaded)": resident - offloaded,
         "trained copy (fp32)": 4 * n_trained,
         "gradients (fp32)": 4 * n_trained,
         "optimiser state (AdamW)": 8 * n_trained,
         "cached tensors": cached,
-        f"activations ({rows} rows)": int(saved_activations(layout, rows, model.latent_shape, context_shape,
-                                                            trained, precision_dtype, weight_dtype, device.type,
-                                                            lora).peak(checkpointing, lora=lora)
+        f"activations ({rows} rows)": int(SavedActivations(*(rows * n for n in one_row)).peak(checkpointing, lora)
                                           * (SPLIT_ROWS_FACTOR if config.split_rows else 1)),
     }
     weights = "full weights" if config.rank is None else f"LoRA rank {config.rank}"
@@ -400,7 +409,7 @@ def _steps_to_fit(config, device: torch.device) -> list[tuple[str, dict]]:
     return out
 
 
-def _largest_micro_batch(model, method: str, config, available):
+def _largest_micro_batch(model, method: str, config, available, probes: dict):
     """The config with the largest micro-batch (halving from the whole batch) whose plan fits, and its plan; where
     one call has several row groups and none fits, the same with the groups back-propagated one at a time
     (split_rows.py). (None, the last plan tried) when none fits. Neither changes the update, only the time."""
@@ -409,7 +418,7 @@ def _largest_micro_batch(model, method: str, config, available):
         micro = config.batch_size
         while True:
             trial = replace(config, split_rows=split, micro_batch=None if micro == config.batch_size else micro)
-            plan = plan_memory(model, method, trial, available)
+            plan = plan_memory(model, method, trial, available, probes)
             if plan.fits:
                 return trial, plan
             if micro == 1:
@@ -438,20 +447,21 @@ def fit(model, method: str, config, plan: MemoryPlan):
                                 "use a device with more memory: a closed-form edit trains nothing, so no setting "
                                 "makes it smaller")
     steps = _steps_to_fit(config, device)
+    probes: dict = {}  # the meta probe's counts, shared by every plan tried below
     if mode == "auto":
         changes, current = [], config
         for label, change in [("", {})] + steps:
             if change:
                 current = replace(current, **change)
                 changes.append(label)
-            fitted, fitted_plan = _largest_micro_batch(model, method, current, plan.available)
+            fitted, fitted_plan = _largest_micro_batch(model, method, current, plan.available, probes)
             if fitted is not None:
                 fitted_plan.changes = changes + _result_neutral(current, fitted)
                 return fitted, fitted_plan
     each = []
     for label, change in [("", {})] + steps:
         changed = replace(config, **change)
-        fitted, other = _largest_micro_batch(model, method, changed, plan.available)
+        fitted, other = _largest_micro_batch(model, method, changed, plan.available, probes)
         if fitted is not None:
             each.append(f"{' with '.join(x for x in (label, *_result_neutral(changed, fitted)) if x)} "
                         f"({other.needed / GiB:.1f} GiB)")

@@ -73,6 +73,32 @@ def test_checkpointing_plans_less_and_bf16_half():
     assert full.kept(True) < full.kept(False) / 3 and full.peak(True) < full.peak(False) / 2
 
 
+@pytest.mark.parametrize("make", [memory.ShapeOnlyModel.sd15, memory.ShapeOnlyModel.sdxl], ids=["sd15", "sdxl"])
+def test_saved_activations_scale_with_the_rows(make):
+    """The plan probes one row and multiplies (memory.plan_memory): exact only while every saved tensor has the
+    rows as its batch dimension, SDXL's added conditioning included."""
+    model = make(image_size=256, device="cpu", dtype=torch.float32)
+    for group, lora in (("all", False), ("cross_attn", True)):
+        trained = {name for name, _ in memory.select_modules(model.unet, group)}
+        kw = dict(latent_shape=model.latent_shape, context_shape=model.context_shape, trained=trained,
+                  dtype=torch.float32, lora=lora)
+        one, five = (memory.saved_activations(model.unet, rows=rows, **kw) for rows in (1, 5))
+        assert tuple(five) == tuple(5 * n for n in one), (group, one, five)
+
+
+def test_fit_probes_once_per_setting(monkeypatch):
+    """`fit` tries many micro-batches; each setting's probe runs once."""
+    model = memory.ShapeOnlyModel.sd15(image_size=512, device="cuda", dtype=torch.float16)
+    config = CGConfig(concepts=["a cat"], memory="auto")
+    calls = []
+    probe = memory.saved_activations
+    monkeypatch.setattr(memory, "saved_activations", lambda *a, **k: calls.append(a[1]) or probe(*a, **k))
+    plan = memory.plan_memory(model, "cg", config, available=3 * GiB)
+    fitted, fitted_plan = memory.fit(model, "cg", config, plan)
+    assert fitted_plan.fits and fitted.micro_batch is not None, fitted_plan.describe()
+    assert set(calls) == {1} and len(calls) <= 1 + len(fitted_plan.changes) + 1, (calls, fitted_plan.changes)
+
+
 @pytest.mark.parametrize("group, rank", [("cross_attn", None), ("all", None), ("cross_attn", 4)])
 def test_the_training_state_parts_are_the_real_tensors(toy_model, group, rank):
     from erasure_core.trainable import make_trainable
