@@ -275,8 +275,9 @@ def run_bench(out: Path, plan: dict[str, list[Row]], extra: tuple = (), seeds_pe
     out.mkdir(parents=True, exist_ok=True)
     path = out / records_name
     records = load_records(path)
-    done = {(r["concept"], r["row"]) for r in records}
     for concept, rows in plan.items():
+        # read again before each concept: another process may be measuring other concepts into the same file
+        done = {(r["concept"], r["row"]) for r in load_records(path)}
         todo = [row for row in rows if (concept, row.name) not in done]
         if not todo:
             continue
