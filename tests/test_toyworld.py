@@ -51,7 +51,8 @@ def test_sampling_is_deterministic_for_a_seed(toy_model):
 
 def test_generation_accuracy_stays_above_the_bar(toy_model, judge):
     """Regression guard on the README's table: two seeds per scene (96 images, the same set).
-    The issue's bar is 90% for shape, colour and fill; the shipped model gives 1.000 / 0.938 / 1.000 (the misread colours are dotted and striped greens the model drew olive to red)."""
+    The issue's bar is 90% for shape, colour and fill; the shipped model gives 1.000 / 0.938 / 1.000 (the misread
+    colours are dotted and striped greens the model drew olive to red)."""
     bars = {"gen_shape_acc": 0.90, "gen_color_acc": 0.90, "gen_style_acc": 0.90}
     acc = generation_accuracy(toy_model, judge, seeds_per_scene=2)
     for key, bar in bars.items():
