@@ -323,7 +323,7 @@ def summary_rows(records: list[dict], split: str) -> list[dict]:
                 values = [r[key] for r in group if r.get(key) is not None]
                 line[f"{key}_mean"] = float(np.mean(values)) if values else None
                 line[f"{key}_worst"] = WORST[key](values) if values else None
-            line["misses"] = sorted({m for r in group for m in misses(r)}) if row != "original" else []
+            line["misses"] = sorted({m for r in group for m in misses(r)}) if not row.startswith("original") else []
             out.append(line)
     return out
 
