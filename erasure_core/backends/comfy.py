@@ -99,6 +99,31 @@ def out_of_place_clip_layers(transformer: nn.Module):
             del layer.forward
 
 
+@contextlib.contextmanager
+def ordinary_tensors(module: nn.Module, copies: dict[int, torch.Tensor]):
+    """ComfyUI's loader nodes run under inference mode, and autograd cannot save their weights (inference
+    tensors) for a backward pass, which the attacks take through the text encoder. Inside this block every such
+    parameter or buffer of `module` is an ordinary copy (made once, kept in `copies`); ComfyUI's own are put back
+    after."""
+    swapped = []
+    for sub in module.modules():
+        for table in (sub._parameters, sub._buffers):
+            for name, value in list(table.items()):
+                if value is not None and value.is_inference():
+                    if id(value) not in copies:
+                        with torch.inference_mode(False):
+                            copy_ = value.clone()
+                        copies[id(value)] = nn.Parameter(copy_, requires_grad=False) \
+                            if isinstance(value, nn.Parameter) else copy_
+                    swapped.append((table, name, value))
+                    table[name] = copies[id(value)]
+    try:
+        yield
+    finally:
+        for table, name, value in swapped:
+            table[name] = value
+
+
 class ComfyModel(EpsilonFromPrediction):
     """`erasure_core.model.DiffusionModel` over ComfyUI's MODEL, CLIP and VAE.
 
@@ -123,6 +148,7 @@ class ComfyModel(EpsilonFromPrediction):
         self.latent_shape = (4, side, side)
         self.image_size = image_size
         self._text_cache: dict[str, torch.Tensor] = {}
+        self._ordinary_copies: dict[int, torch.Tensor] = {}  # ordinary_tensors' copies of the CLIP's weights
         self.load()
 
     def diffusers_equivalent(self) -> nn.Module:
@@ -205,7 +231,8 @@ class ComfyModel(EpsilonFromPrediction):
     def encode_text_with_grad(self, prompts: list[str]) -> torch.Tensor:
         if self.clip is None:
             raise ErasureInputError("clip", "is not connected", "connect the CLIP output of your checkpoint loader")
-        with out_of_place_clip_layers(self._text_parts()[1]):
+        with out_of_place_clip_layers(self._text_parts()[1]), \
+                ordinary_tensors(self.clip.cond_stage_model, self._ordinary_copies):
             rows = [self.clip.encode_from_tokens(self.clip.tokenize(p))[:, :77].float() for p in prompts]
         return torch.cat(rows).to(self.device)
 

@@ -9,6 +9,7 @@ format, except in the ControlNet example, which runs as shipped so its result ca
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import comfy_server
 
@@ -86,3 +87,27 @@ def test_cancel_stops_an_erasure(comfy):
     before = set((comfy.base / "models/loras").rglob("*.safetensors"))
     assert asyncio.run(asyncio.wait_for(run_and_cancel(), 300)) == "execution_interrupted"
     assert set((comfy.base / "models/loras").rglob("*.safetensors")) == before, "nothing written"
+
+
+@pytest.mark.parametrize("attack", ["soft_prompt", "discrete_prompt"])
+def test_audit_node_through_the_server(comfy, attack):
+    """Audit Erasure queued as users queue it: the toy world, a short CG erasure, the audit (an attack that
+    back-propagates through ComfyUI's CLIP and the erased UNet, which the server's loaders made under inference
+    mode; a small budget), its strongest images into a PreviewImage; the node shows them itself too."""
+    erase = dict(concept="circle", alternative="", templates="a red solid {}", preserve="", steps=2,
+                 learning_rate=5e-4, rank=0, batch_size=2, sampling_steps=3, image_size=32, seed=0,
+                 trajectories_per_prompt=1, drift_weight=1.0, parameter_group="cross_attn")
+    audit = dict(concept="circle", attack=attack, steps=2, tokens=1,
+                 templates="a red solid {}\na blue dotted {}", neutral="square\ntriangle", images_per_template=2,
+                 sampling_steps=3, cfg=1.5, image_size=32, seed=0)
+    prompt = {
+        "1": {"class_type": "ConceptEraser_ToyWorldLoader", "inputs": {}},
+        "2": {"class_type": "ConceptEraser_EraseCG", "inputs": {"model": ["1", 0], "clip": ["1", 1], **erase}},
+        "3": {"class_type": "ConceptEraser_Audit", "inputs": {"original": ["1", 0], "erased": ["2", 0],
+                                                               "clip": ["1", 1], "vae": ["1", 2], **audit}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
+    }
+    entry = comfy.run(prompt)
+    previews = comfy.images(entry, "4")
+    assert len(previews) == 4 and previews[0].shape == (32, 32, 3), [p.shape for p in previews]  # 2 templates x 2
+    assert len(comfy.images(entry, "3")) == 4, "the node's own preview"
