@@ -205,7 +205,7 @@ class ConceptRun:
         """The original model's hit rate when asked for the alternative itself (toy_eval.alternative_images)."""
         drawn = self.cached(f"original_asked_{alternative}", lambda: {
             "images": toy_eval.alternative_images(model, self.eval_set, alternative)})["images"]
-        return None if drawn is None else toy_eval.alternative_hit_rate(judge, drawn, alternative)
+        return None if drawn is None else toy_eval.alternative_hit_rate(judge.predict(drawn), alternative)
 
     def original(self, model, condition: str):
         if condition not in self.originals:
@@ -291,7 +291,8 @@ def run_bench(out: Path, plan: dict[str, list[Row]], extra: tuple = (), seeds_pe
             records.append(record)
             log(f"{concept:9s} {row.name:16s} erased {record['erased_rate']:.3f} para "
                 f"{fmt(record['paraphrase_erased_rate'])} preserved {record['preserved_acc']:.3f} "
-                f"(drop {record['preserved_drop']:+.3f}) kept {fmt(record['kept_rate'])} alt {fmt(record['alt_hit_rate'])} (ceiling {fmt(record['alt_ceiling'])}) "
+                f"(drop {record['preserved_drop']:+.3f}) kept {fmt(record['kept_rate'])} "
+                f"alt {fmt(record['alt_hit_rate'])} (ceiling {fmt(record['alt_ceiling'])}) "
                 f"div {fmt(record['divergence'])} {record['seconds']} s  misses: {', '.join(misses(record)) or '-'}")
     return records
 
@@ -379,10 +380,10 @@ def header_text(command: str, records: list[dict], world: str = "the toy world")
             f"eval sampler DDIM {toy_eval.EVAL_STEPS} steps, CFG {toy_eval.EVAL_GUIDANCE}. Targets on held-out "
             f"concepts: erased and paraphrases ≤ {TARGETS['erased_rate']}, preserved drop ≤ "
             f"{TARGETS['preserved_drop']}, kept attributes ≥ {TARGETS['kept_rate']} (fills and colours), "
-            f"alternative hit ≥ {TARGETS['alt_hit_rate']}. Alt ceiling: the original's hit rate when the concept prompts "
-            "ask for the alternative itself (same seeds). Shape kept / other / texture / empty: what the concept "
-            "prompts' images show, as counts. Rows \"@controlnet_…\": the same prompts and seeds through the toy "
-            "world's ControlNet, each with its control image (strength 1, both guidance branches); divergence and "
+            f"alternative hit ≥ {TARGETS['alt_hit_rate']}. Alt ceiling: the original's hit rate when the concept "
+            "prompts ask for the alternative itself (same seeds). Shape kept / other / texture / empty: what the "
+            "concept prompts' images show, as counts. Rows \"@controlnet_…\": the same prompts and seeds through the "
+            "toy world's ControlNet, each with its control image (strength 1, both guidance branches); divergence and "
             "preserved drop there are against the original under the same control.")
 
 

@@ -65,6 +65,12 @@ class EpsilonFromPrediction:
         out = self.predict(unet, latents, timesteps, text_embeddings)
         return epsilon_from(out, latents, timesteps, self.alphas_cumprod, self.v_prediction)
 
+    def with_unet(self, unet: nn.Module):
+        """The same model with another UNet (shares VAE and text encoder; nothing is copied)."""
+        clone = copy.copy(self)
+        clone.unet = unet
+        return clone
+
 
 class TokenEmbeddingText(Protocol):
     """What the embedding-level attacks (erasure_core/attacks) also ask of a model: text encoding whose input
@@ -179,12 +185,6 @@ class DiffusersModel(EpsilonFromPrediction):
         """Scaled latents -> (N, 3, H, W) in [0, 1]."""
         x = self.vae.decode(latents.to(self.vae.dtype) / self.vae_scale).sample
         return ((x.float() + 1) / 2).clamp(0, 1)
-
-    def with_unet(self, unet: nn.Module) -> "DiffusersModel":
-        """The same model with another UNet (shares VAE and text encoder; nothing is copied)."""
-        clone = copy.copy(self)
-        clone.unet = unet
-        return clone
 
     def save_pretrained(self, folder: Path) -> Path:
         """Write a complete diffusers folder (e.g. a merged checkpoint after an erasure), atomically."""

@@ -20,16 +20,6 @@ ATTACK_HELP = ("**soft_prompt**: learnt token embeddings in the concept's place 
                "encoder's token embeddings).")
 
 
-def with_unet(model, unet):
-    """The same model with another UNet (text encoder and VAE shared)."""
-    if hasattr(model, "with_unet"):
-        return model.with_unet(unet)
-    import copy
-
-    clone = copy.copy(model)
-    clone.unet = unet
-    return clone
-
 
 class AuditRunner(HostRunner):
     """One audit at a time for a host; Cancel sets an event the attack checks each step."""
@@ -87,7 +77,7 @@ class AuditRunner(HostRunner):
                 def on_step(step: int, total: int, loss: float) -> None:
                     progress((step, total), desc=f"attacking: step {step}/{total}, loss {loss:.4f}")
 
-                out = run_audit(model, with_unet(model, unet), attack, config, reader, progress=on_step,
+                out = run_audit(model, model.with_unet(unet), attack, config, reader, progress=on_step,
                                 should_cancel=self._should_cancel, log=self.host.log)
             r = out.report
             status = (f"{attack} attack ({r['budget']}) on {path.name if path else 'the original model'}: "

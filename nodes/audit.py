@@ -14,7 +14,6 @@ from erasure_core.errors import ErasureCancelled
 from erasure_core.methods.common import DEFAULT_TEMPLATES
 from erasure_core.progress import listen
 from erasure_core.trainable import shared_copy
-from erasure_core.ui_audit import with_unet
 
 from .common import CATEGORY, lines, node_id, to_comfy_images
 from .progress import Reporter
@@ -80,7 +79,7 @@ class AuditErasure(io.ComfyNode):
             # the attack back-propagates through a frozen copy of the erased UNet: the MODEL's own weights may be
             # inference tensors (ComfyUI's loaders run under inference mode), which autograd cannot save
             after = backend.ComfyModel(erased, clip, vae, image_size=int(image_size))
-            after = with_unet(after, shared_copy(after.unet, []))
+            after = after.with_unet(shared_copy(after.unet, []))
             try:
                 out = run_audit(before, after, attack, config, per_template=int(images_per_template),
                                 neutral=lines(neutral), progress=reporter, should_cancel=mm.processing_interrupted,

@@ -180,7 +180,7 @@ def score(judge, eval_set: EvalSet, images: EvalImages, before: EvalImages | Non
     if before is not None:
         result["divergence"] = float((images.other - before.other).abs().mean())
     if alternative:
-        result["alt_hit_rate"] = alternative_hit_rate(judge, images.concept, alternative)
+        result["alt_hit_rate"] = alternative_hit_rate(seen, alternative)
     if images.paraphrase.numel():
         para_seen = judge.predict(images.paraphrase)[attr]
         result["paraphrase_erased_rate"] = float(np.mean([p == eval_set.concept for p in para_seen]))
@@ -197,10 +197,10 @@ def alternative_images(model, eval_set: EvalSet, alternative: str) -> torch.Tens
     return sample_images(model, prompts, eval_set.concept_seeds, steps=EVAL_STEPS, guidance=EVAL_GUIDANCE)
 
 
-def alternative_hit_rate(judge, images: torch.Tensor, alternative: str) -> float:
-    """Share of `images` the judge reads as the alternative."""
+def alternative_hit_rate(pred: dict[str, list[str]], alternative: str) -> float:
+    """Share of images the judge's predictions `pred` read as the alternative."""
     alt_attr, alt_name = parse_concept(alternative)
-    return float(np.mean([p == alt_name for p in judge.predict(images)[alt_attr]]))
+    return float(np.mean([p == alt_name for p in pred[alt_attr]]))
 
 
 def generation_accuracy(model, judge, seeds_per_scene: int = 4, seed: int = 5000, unet=None) -> dict:
