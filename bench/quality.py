@@ -141,9 +141,10 @@ CONDITIONS: dict[str, tuple[Callable, str]] = {
 }
 
 # The CI subset (tests/test_quality_quick.py, `--quick`): one held-out concept of each kind, one seed per prompt,
-# the trained rows shorter. Every kind gets the edit that takes seconds (UCE with the alternative); the trained
-# methods run on the shape only, to keep CI short (and DT does not erase a colour: it says so).
-QUICK = dict(rows={"triangle": ["original", "uce_alt", "cg_alt", "dt"], "dotted": ["original", "uce_alt"],
+# the trained rows shorter. Every kind gets the edit that takes seconds (UCE with the alternative), the fill also
+# UCE without one (its anchor: the prompt without the fill); the trained methods run on the shape only, to keep CI
+# short (and DT does not erase a colour: it says so).
+QUICK = dict(rows={"triangle": ["original", "uce_alt", "cg_alt", "dt"], "dotted": ["original", "uce_alt", "uce"],
                    "red": ["original", "uce_alt"]},
              overrides=(("steps", 150), ("batch_size", 8)), seeds_per_prompt=1)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import ROWS, ConceptRun, fmt, measure, misses  # noqa: E402
+from quality import ROWS, ConceptRun, Row, fmt, measure, misses  # noqa: E402
 
 from erasure_core.errors import ErasureInputError  # noqa: E402
 from erasure_core.model import load_diffusers_model  # noqa: E402
@@ -25,6 +25,10 @@ from erasure_core.toyworld import JUDGE_PATH, MODEL_DIR  # noqa: E402
 from erasure_core.toyworld import evaluate as toy_eval  # noqa: E402
 from erasure_core.toyworld.judge import load_judge  # noqa: E402
 from erasure_core.toyworld.splits import require_tuning  # noqa: E402
+
+# The table's rows, and Concept Ablation without its alternative (the table's `ca` row is anchored on it): what
+# the anchor option (methods/common.py) does to it.
+SWEEP_ROWS = ROWS + [Row("ca_no_alt", "ca")]
 
 COLUMNS = ("erased_rate", "paraphrase_erased_rate", "preserved_acc", "preserved_drop", "kept_rate", "alt_hit_rate",
            "alt_ceiling", "divergence")
@@ -45,7 +49,8 @@ def parse_overrides(text: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concept", default="circle", help="a tuning concept: circle, striped or green")
-    parser.add_argument("--row", default="dt", help=f"a row of bench/quality.py: {', '.join(r.name for r in ROWS)}")
+    parser.add_argument("--row", default="dt", choices=[r.name for r in SWEEP_ROWS], metavar="ROW",
+                        help=f"a row of bench/quality.py: {', '.join(r.name for r in SWEEP_ROWS)}")
     parser.add_argument("--set", dest="sets", action="append", default=[],
                         help="overrides, e.g. grid=16,lr=1e-4 (repeatable)")
     parser.add_argument("--out", help="also write the table to this markdown file (rewritten after every setting)")
@@ -58,7 +63,7 @@ def main(argv=None) -> int:
     except ErasureInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    row = next(r for r in ROWS if r.name == args.row)
+    row = next(r for r in SWEEP_ROWS if r.name == args.row)
     model, judge = load_diffusers_model(MODEL_DIR), load_judge(JUDGE_PATH)
     run = ConceptRun(concept, toy_eval.make_eval_set(concept), Path(args.images) if args.images else None)
     lines = [f"`python bench/sweep.py --concept {concept} --row {row.name} "

@@ -351,7 +351,7 @@ def cmd_audit(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m erasure_core", description="Erase concepts from a Stable "
                                      "Diffusion model's weights.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -367,6 +367,10 @@ def main(argv=None) -> int:
     erase.add_argument("--alternative", action="append", help="what each concept turns into (repeatable)")
     erase.add_argument("--kind", choices=["object", "style", "color"],
                        help="what the concept is; picks the defaults (default: as the words tell, else object)")
+    erase.add_argument("--anchor", choices=["empty", "without concept"],
+                       help="cg, ca, uce without an alternative: what the concept's prompts become; 'without concept' "
+                       "takes the concept's words out of each prompt (an attribute or style goes, the object stays), "
+                       "'empty' sends them to the empty prompt (an object goes). Default: the kind's")
     erase.add_argument("--degeneration", choices=["scramble", "desaturate"],
                        help="DT: what the concept's images become (desaturate: for a colour)")
     erase.add_argument("--model", help="SD1.x or SDXL diffusers folder, or single-file .safetensors with --config "
@@ -483,8 +487,11 @@ def main(argv=None) -> int:
     cn.add_argument("--checkpoints", help="folder for a checkpoint every 100 steps")
     cn.add_argument("--schedule-steps", type=int, help="learning-rate horizon if longer than --steps")
     cn.set_defaults(fn=cmd_toy_train_controlnet)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except ErasureError as exc:

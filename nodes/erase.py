@@ -12,12 +12,12 @@ from comfy_api.latest import io, ui
 
 import comfy.model_management as mm
 from erasure_core.backends import comfy as backend
-from erasure_core.defaults import BATCH_SIZE, STEPS
+from erasure_core.defaults import BATCH_SIZE, STEPS, options_for
 from erasure_core.degeneration import DEGENERATIONS
 from erasure_core.errors import ErasureCancelled
 from erasure_core.methods import METHODS
 from erasure_core.methods.cg import CGConfig
-from erasure_core.methods.common import DEFAULT_TEMPLATES, prepare
+from erasure_core.methods.common import ANCHORS, DEFAULT_TEMPLATES, prepare
 from erasure_core.methods.dt import DTConfig
 from erasure_core.progress import listen
 from erasure_core.trainable import GROUPS
@@ -180,18 +180,27 @@ class EraseConceptCG(io.ComfyNode):
                                  tooltip="Sampling runs of the original model per concept prompt used for training."),
                     io.Float.Input("drift_weight", default=CGConfig.drift_weight, min=0.0, max=100.0, step=0.1,
                                    tooltip="How strongly the model's unconditional prediction is held in place (λ)."),
-                    preserve_weight_input(CGConfig.preserve_weight)],
+                    preserve_weight_input(CGConfig.preserve_weight),
+                    io.Combo.Input("anchor", options=["auto", *ANCHORS], default="auto", optional=True,
+                                   tooltip="Without an alternative, what the concept's prompts become. 'without "
+                                           "concept': the same prompt with the concept's words taken out, for a "
+                                           "style or an attribute ('a red dotted circle' with 'dotted' erased stays "
+                                           "a red circle). 'empty': the empty prompt, for an object (it goes with "
+                                           "what it was drawn on). auto: 'without concept' for colour words, "
+                                           "else 'empty'; choose 'without concept' for a style.")],
             outputs=OUTPUTS, hidden=[io.Hidden.unique_id])
 
     @classmethod
     def execute(cls, model, clip, concept, alternative, preserve, templates, steps, learning_rate, rank,
                 parameter_group, batch_size, sampling_steps, image_size, seed, trajectories_per_prompt,
-                drift_weight, preserve_weight=CGConfig.preserve_weight) -> io.NodeOutput:
+                drift_weight, preserve_weight=CGConfig.preserve_weight, anchor="auto") -> io.NodeOutput:
         base = common_config(concept, preserve, templates, steps, learning_rate, rank, parameter_group, batch_size,
                              sampling_steps, seed)
         alts = lines(alternative)
         if len(alts) == 1 and len(base["concepts"]) > 1:
             alts = alts * len(base["concepts"])  # one alternative for every concept
+        if anchor == "auto":  # the default of the kind the words name (defaults.py)
+            anchor = options_for("cg", base["concepts"])["anchor"]
         config = CGConfig(**base, alternatives=alts, trajectories_per_prompt=int(trajectories_per_prompt),
-                          drift_weight=float(drift_weight), preserve_weight=float(preserve_weight))
+                          drift_weight=float(drift_weight), preserve_weight=float(preserve_weight), anchor=anchor)
         return run(cls, "Classifier-guidance erasure", "cg", config, model, clip, None, image_size)

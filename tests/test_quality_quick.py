@@ -56,3 +56,10 @@ def test_dt_erases_a_held_out_shape_and_keeps_the_rest(records):
         assert r["kind"] == "object", r  # the subset runs DT on the shape only (CI time)
         assert r["erased_rate"] <= 0.10 and r["paraphrase_erased_rate"] <= 0.15, r
         assert r["preserved_drop"] <= 0.06, r
+
+
+def test_a_fill_erased_without_alternative_keeps_its_shape_and_colour(records):
+    # the style's anchor, "without concept": "a red dotted circle" is steered to "a red circle"
+    r = records[("dotted", "uce")]
+    assert r["erased_rate"] <= 0.10 and r["paraphrase_erased_rate"] <= 0.15, r
+    assert r["preserved_drop"] <= 0.06 and r["kept_rate"] >= 0.80, r

@@ -37,6 +37,7 @@ _OBJECT = SETTINGS["ca"]["object"]  # the defaults (erasure_core/defaults.py)
 
 @dataclass
 class CAConfig(TrajectoryConfig):
+    uses_anchor = True
     preserve_weight: float = 0.0
     group: str = _OBJECT["group"]
     lr: float = _OBJECT["lr"]

@@ -29,6 +29,7 @@ _OBJECT = SETTINGS["cg"]["object"]  # the defaults (erasure_core/defaults.py)
 
 @dataclass
 class CGConfig(TrajectoryConfig):
+    uses_anchor = True
     drift_weight: float = _OBJECT["drift_weight"]  # λ on L_uncond (README "Choosing the defaults")
     # Distillation on preserve prompts at their own trajectories; 10 (with lr 5e-4) kept the toy world's other
     # prompts within 0.02 of their accuracy where 1 lost 0.13 (README "Choosing the defaults").

@@ -8,7 +8,8 @@ training: each projection W is replaced by the minimiser of
 where c_i are the text embeddings of the concept's prompts (from the concept's last token to the
 end: the tokens that, in a causal text encoder, carry the concept), g_i the embeddings of the
 same positions of the guide prompt (the alternative in the same template, or " " to erase
-towards the unconditional, as the paper's "towards uncond"), and p_j every token of the preserve
+towards the unconditional, as the paper's "towards uncond"; with the anchor "without concept", the prompt
+without the concept from the token before it), and p_j every token of the preserve
 prompts and of "". Constants from the paper's code (train_erase.py): λ 0.5, s_e 1, s_p 0.1, keys and
 values both edited, "replace" technique.
 """
@@ -26,7 +27,7 @@ from ..errors import ErasureCancelled, ErasureInputError
 from ..model import DiffusionModel
 from ..trainable import make_trainable, select_modules
 from ..training import CancelFn, ProgressFn
-from .common import EraseConfig, ErasureResult, finish, guard_memory, prepare
+from .common import EraseConfig, ErasureResult, finish, guard_memory, prepare, without_concept
 
 
 _OBJECT = SETTINGS["uce"]["object"]  # the defaults (erasure_core/defaults.py): the paper's code's constants
@@ -34,6 +35,7 @@ _OBJECT = SETTINGS["uce"]["object"]  # the defaults (erasure_core/defaults.py): 
 
 @dataclass
 class UCEConfig(EraseConfig):
+    uses_anchor = True
     lamb: float = _OBJECT["lamb"]  # λ: pull towards the original weights
     erase_scale: float = _OBJECT["erase_scale"]
     preserve_scale: float = _OBJECT["preserve_scale"]
@@ -103,6 +105,8 @@ def erase_uce(model: DiffusionModel, config: UCEConfig, progress: ProgressFn | N
             end = last_token_index(model, prefix + concept)
             if alt:
                 guide, guide_end = template.format(alt), last_token_index(model, prefix + alt)
+            elif config.anchor == "without concept":  # the concept's rows go to the token before it, and on
+                guide, guide_end = without_concept(template), last_token_index(model, prefix.strip())
             else:
                 guide, guide_end = " ", 0
             c, g = aligned_rows(model, template.format(concept), end, guide, guide_end)

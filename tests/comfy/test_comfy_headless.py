@@ -126,7 +126,7 @@ def test_preserve_weight_widget_reaches_the_training(pack, tiny):
 
     # node -> its default, and the widgets added after preserve_weight (each new one goes last)
     for node, default, newer in (("ConceptEraser_EraseDT", DTConfig.preserve_weight, ["degeneration"]),
-                                 ("ConceptEraser_EraseCG", CGConfig.preserve_weight, [])):
+                                 ("ConceptEraser_EraseCG", CGConfig.preserve_weight, ["anchor"])):
         info = pack[node].GET_NODE_INFO_V1()
         assert "preserve_weight" not in info["input"]["required"]
         assert info["input"]["optional"]["preserve_weight"][1]["default"] == default
@@ -141,6 +141,18 @@ def test_preserve_weight_widget_reaches_the_training(pack, tiny):
     # Step 1 trains the original weights, where preservation costs nothing; after that the term weighs in.
     assert off[0] == pytest.approx(default[0], rel=1e-3)
     assert off[1:] != pytest.approx(default[1:], rel=1e-3)
+
+
+def test_anchor_widget_reaches_the_training(pack, tiny):
+    """The CG node's anchor: 'auto' is the kind's default ('a circle' names an object: 'empty'); 'without concept'
+    trains towards the prompts without the concept, so its targets, and losses, differ from the first step."""
+    info = pack["ConceptEraser_EraseCG"].GET_NODE_INFO_V1()
+    assert info["input"]["optional"]["anchor"][1]["options"] == ["auto", "empty", "without concept"]
+    model, clip, _ = tiny
+    auto = run_cg(pack, model, clip, steps=2).args[2]["loss"]
+    assert run_cg(pack, model, clip, steps=2, anchor="empty").args[2]["loss"] == auto
+    without = run_cg(pack, model, clip, steps=2, anchor="without concept").args[2]["loss"]
+    assert without[0] != pytest.approx(auto[0], rel=1e-3)
 
 
 def test_cancel_mid_run_leaves_input_untouched(pack, tiny, monkeypatch):
