@@ -480,7 +480,9 @@ def build_blocks(host: Host, runner: EraseRunner | None = None):
                 concepts = gr.Textbox(label="Concept(s) to erase (comma or newline separated)", lines=2,
                                       placeholder="circle" if host.toy else "van gogh", elem_id="ce_concepts")
                 kind = gr.Radio(list(defaults.KINDS), value="object", elem_id="ce_kind",
-                                label="Kind of concept (picks the defaults: an object, a style or texture, a colour)")
+                                label="Kind of concept (picks the defaults: an object, a style or texture, a colour; "
+                                      "without an alternative, cg, ca and uce send a style to its prompts without "
+                                      "it, so the objects stay, and an object or colour to the empty prompt)")
                 alternative = gr.Textbox(label="Alternative (what the concept becomes; cg, ca, uce; optional)",
                                          elem_id="ce_alternative")
                 preserve = gr.Textbox(label="Prompts to preserve (one per line; empty = defaults)", lines=3,
