@@ -52,3 +52,25 @@ def test_generation_accuracy_stays_above_the_bar(trained_xl_model, judge):
     acc = generation_accuracy(trained_xl_model, judge, seeds_per_scene=2)
     for key in ("gen_shape_acc", "gen_color_acc", "gen_style_acc"):
         assert acc[key] >= 0.90, (key, acc[key])
+
+
+@pytest.mark.slow
+def test_an_xl_erasure_is_judged_like_the_toy_worlds(trained_xl_model, judge):
+    """The judged XL erasure: UCE's closed-form edit (seconds) of the held-out triangle into a cross, drawn with the
+    same prompts, seeds and sampler as the SD1 quick subset and scored by the same judge, with its bars."""
+    from erasure_core import defaults
+    from erasure_core.methods import UCEConfig, erase_uce
+    from erasure_core.toyworld import evaluate as toy_eval
+
+    concept, alternative = "triangle", "cross"
+    eval_set = toy_eval.make_eval_set(concept, seeds_per_prompt=1)
+    before = toy_eval.generate(trained_xl_model, eval_set, paraphrases=False)
+    config = UCEConfig(concepts=[concept], alternatives=[alternative],
+                       **defaults.options_for("uce", [concept], toy=True))
+    after = toy_eval.generate(trained_xl_model, eval_set, unet=erase_uce(trained_xl_model, config).tuned_unet,
+                              paraphrases=False)
+    original = toy_eval.score(judge, eval_set, before)
+    erased = toy_eval.score(judge, eval_set, after, before=before, alternative=alternative)
+    assert original["erased_rate"] >= 0.9, original
+    assert erased["erased_rate"] <= 0.10 and erased["alt_hit_rate"] >= 0.70, erased
+    assert erased["preserved_acc"] >= original["preserved_acc"] - 0.06, (original, erased)
