@@ -20,6 +20,13 @@ BATCH_SIZE = 16
 # fit?"); the whole batch in one UNet call unless the plan splits it.
 MEMORY = dict(memory="auto", checkpointing="auto", precision="auto", micro_batch=None)
 
+# Where cg, ca and uce send a concept without an alternative (methods/common.py: `anchor`), per kind: an object to
+# the empty prompt; a style to its prompt without the style's words: on striped, "empty" erased it and the shape with
+# it (cg, uce: kept 0; ca: 0.375 left, kept 0.094), "without concept" erased it with kept 1.000 (cg, ca) and 0.969
+# (uce) and no preserved drop. A colour stays "empty": on green "without concept" left 0.583 of it (cg and uce; the
+# toy model has no colourless prompt to fall back on); EraseConfig.warnings says to name another colour.
+ANCHOR = {"object": "empty", "style": "without concept", "color": "empty"}
+
 # method -> kind -> settings. Steps, batch size and the memory settings are the same for every method (above);
 # rank None trains (or edits) the group's full weights, r a LoRA of rank r.
 SETTINGS: dict[str, dict[str, dict]] = {
@@ -35,17 +42,8 @@ SETTINGS: dict[str, dict[str, dict]] = {
         "color": dict(grid=4, group="all", rank=8, lr=1e-3, preserve_weight=4.0, images_per_prompt=2,
                       degeneration="desaturate"),
     },
-    # anchor (where a concept without an alternative goes, methods/common.py): an object to the empty prompt; a
-    # style to its prompt without the style's words: on striped, "empty" erased it and the shape with it (kept 0),
-    # "without concept" erased it with kept 1.000 and no preserved drop. A colour stays "empty": on green "without
-    # concept" left 0.583 of it (the toy model has no colourless prompt to fall back on); EraseConfig.warnings says
-    # to name another colour.
-    "cg": {
-        "object": dict(group="cross_attn", rank=None, lr=5e-4, preserve_weight=10.0, drift_weight=1.0, anchor="empty"),
-        "style": dict(group="cross_attn", rank=None, lr=5e-4, preserve_weight=10.0, drift_weight=1.0,
-                      anchor="without concept"),
-        "color": dict(group="cross_attn", rank=None, lr=5e-4, preserve_weight=10.0, drift_weight=1.0, anchor="empty"),
-    },
+    "cg": {kind: dict(group="cross_attn", rank=None, lr=5e-4, preserve_weight=10.0, drift_weight=1.0,
+                      anchor=ANCHOR[kind]) for kind in KINDS},
     # ESD-x (cross-attention) for every kind: ESD-u, the paper's group for objects, needs full weights of nearly the
     # whole UNet (more than 8 GB on SD1.5) and as a rank-8 LoRA did worse on circle. No lr erased and preserved: on
     # circle 1e-5 left 0.79 of the circles, 2e-5 erased all and kept preserved at 0.750 (original 0.958), 3e-5 0.583;
@@ -58,14 +56,10 @@ SETTINGS: dict[str, dict[str, dict]] = {
     },
     # Concept Ablation (model-based): 1e-5 and 3e-5 do not erase circle, striped or green; 1e-4 erases green fully,
     # striped at a 0.047 preserved drop, circle but 3 of 24 at 0.042: the one that erases, for every kind.
-    # Anchors as cg's: without an alternative, striped with "empty" left 0.375 and kept 0.094 of the shapes,
-    # with "without concept" erased all, kept 1.000, no preserved drop.
-    "ca": {kind: dict(group="cross_attn_kv", rank=None, lr=1e-4,
-                      anchor="without concept" if kind == "style" else "empty") for kind in KINDS},
+    "ca": {kind: dict(group="cross_attn_kv", rank=None, lr=1e-4, anchor=ANCHOR[kind]) for kind in KINDS},
     # A closed-form edit of full weights (no steps, batch or learning rate of its own): the paper's code's constants.
-    # Anchors as cg's (striped: "without concept" erased with kept 0.969; green: it left 0.583).
     "uce": {kind: dict(group="cross_attn_kv", rank=None, lamb=0.5, erase_scale=1.0, preserve_scale=0.1,
-                       anchor="without concept" if kind == "style" else "empty") for kind in KINDS},
+                       anchor=ANCHOR[kind]) for kind in KINDS},
 }
 
 # Words that name a colour: a concept made only of them is a colour whatever the model.

@@ -20,7 +20,6 @@ ATTACK_HELP = ("**soft_prompt**: learnt token embeddings in the concept's place 
                "encoder's token embeddings).")
 
 
-
 class AuditRunner(HostRunner):
     """One audit at a time for a host; Cancel sets an event the attack checks each step."""
 

@@ -186,8 +186,11 @@ class EraseConceptCG(io.ComfyNode):
                                            "concept': the same prompt with the concept's words taken out, for a "
                                            "style or an attribute ('a red dotted circle' with 'dotted' erased stays "
                                            "a red circle). 'empty': the empty prompt, for an object (it goes with "
-                                           "what it was drawn on). auto: 'without concept' for colour words, "
-                                           "else 'empty'; choose 'without concept' for a style.")],
+                                           "what it was drawn on). auto: the default of the kind the words name "
+                                           "('without concept' for the fills the pack knows; 'empty' for objects "
+                                           "and colours, and a colour then warns before training to name an "
+                                           "alternative); choose 'without concept' for a style such as an "
+                                           "artist's.")],
             outputs=OUTPUTS, hidden=[io.Hidden.unique_id])
 
     @classmethod
