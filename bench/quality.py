@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from erasure_core import defaults  # noqa: E402
-from erasure_core.controlnet import load_controlnet  # noqa: E402
+from erasure_core.controlnet import erase_controlnet, load_controlnet  # noqa: E402
 from erasure_core.jobs import write_json  # noqa: E402
 from erasure_core.methods import METHODS  # noqa: E402
 from erasure_core.model import load_diffusers_model  # noqa: E402
@@ -99,18 +99,22 @@ PLAIN_ROWS = [
 # erasure it draws the erased shape itself for every concept prompt.
 CONTROL_KINDS = {"blob": ("object",), "outline": ("object", "style")}
 CONTROLLED_ROWS = ("original", "negative_prompt", "esd", "dt", "cg", "cg_alt")
+# Rows "...@erased_controlnet_<control>": the same, with the erasure applied to the ControlNet too
+# (controlnet.erase_controlnet), as the command line samples an erased model under control by default.
+ERASED_CONTROLNET_ROWS = ("dt", "cg", "cg_alt")
 ROWS = PLAIN_ROWS + [
-    Row(f"{row.name}@controlnet_{control}", row.method, row.alternative, row.overrides,
+    Row(f"{row.name}@{prefix}_{control}", row.method, row.alternative, row.overrides,
         tuple(k for k in row.kinds if k in kinds),
-        f"controlnet_{control}" + ("_negative" if row.condition == "negative_prompt" else ""))
-    for control, kinds in CONTROL_KINDS.items() for row in PLAIN_ROWS if row.name in CONTROLLED_ROWS]
+        f"{prefix}_{control}" + ("_negative" if row.condition == "negative_prompt" else ""))
+    for prefix, names in (("controlnet", CONTROLLED_ROWS), ("erased_controlnet", ERASED_CONTROLNET_ROWS))
+    for control, kinds in CONTROL_KINDS.items() for row in PLAIN_ROWS if row.name in names]
 
 
-def draw_plain(model, eval_set, unet, concept):
+def draw_plain(model, eval_set, unet, concept, erasure):
     return toy_eval.generate(model, eval_set, unet=unet)
 
 
-def draw_negative(model, eval_set, unet, concept):
+def draw_negative(model, eval_set, unet, concept, erasure):
     """The concept as the negative prompt at sampling time (the inference-time baseline)."""
     return toy_eval.generate(model, eval_set, unet=unet, negative_prompt=concept)
 
@@ -123,12 +127,13 @@ def shipped_controlnet():
     return load_controlnet(CONTROLNET_DIR)
 
 
-def draw_controlled(control: str, negative: bool = False) -> Callable:
+def draw_controlled(control: str, negative: bool = False, erased_controlnet: bool = False) -> Callable:
     """A drawing function: the eval set under the ControlNet with `control` images (and the concept as the negative
-    prompt)."""
-    def draw(model, eval_set, unet, concept):
+    prompt; and the erasure applied to the ControlNet too)."""
+    def draw(model, eval_set, unet, concept, erasure):
         kwargs = {"negative_prompt": concept} if negative else {}
-        return toy_control.generate_under_control(model, eval_set, shipped_controlnet(), control, unet=unet, **kwargs)
+        controlnet = erase_controlnet(shipped_controlnet(), erasure) if erased_controlnet else shipped_controlnet()
+        return toy_control.generate_under_control(model, eval_set, controlnet, control, unet=unet, **kwargs)
     return draw
 
 
@@ -138,6 +143,8 @@ CONDITIONS: dict[str, tuple[Callable, str]] = {
     "negative_prompt": (draw_negative, "prompt"),
     **{f"controlnet_{c}": (draw_controlled(c), f"controlnet_{c}") for c in CONTROL_KINDS},
     **{f"controlnet_{c}_negative": (draw_controlled(c, True), f"controlnet_{c}") for c in CONTROL_KINDS},
+    **{f"erased_controlnet_{c}": (draw_controlled(c, erased_controlnet=True), f"controlnet_{c}")
+       for c in CONTROL_KINDS},
 }
 
 # The CI subset (tests/test_quality_quick.py, `--quick`): one held-out concept of each kind, one seed per prompt,
@@ -212,7 +219,7 @@ class ConceptRun:
         if condition not in self.originals:
             draw, _ = CONDITIONS[condition]
             self.originals[condition] = self.cached(f"original_{condition}", lambda: {
-                "images": draw(model, self.eval_set, None, self.concept)})["images"]
+                "images": draw(model, self.eval_set, None, self.concept, None)})["images"]
         return self.originals[condition]
 
 
@@ -224,16 +231,16 @@ def measure(model, judge, run: ConceptRun, row: Row, extra: tuple = ()) -> dict:
     options = row_options(row, concept, extra) if row.method is not None else {}
 
     def erase_and_draw() -> dict:
-        unet, seconds, steps = None, 0.0, 0
+        unet, erasure, seconds, steps = None, None, 0.0, 0
         if row.method is not None:
             key = (row.erasure_key(), extra)
             if key not in run.erasures:
                 config_cls, erase = METHODS[row.method]
                 result = erase(model, config_cls(**options))
-                run.erasures[key] = (result.tuned_unet, result.seconds, result.steps)
-            unet, seconds, steps = run.erasures[key]
+                run.erasures[key] = (result.tuned_unet, result.state_dict, result.seconds, result.steps)
+            unet, erasure, seconds, steps = run.erasures[key]
         plain = row.method is None and row.condition == before_condition
-        return {"images": before if plain else draw(model, run.eval_set, unet, concept), "seconds": seconds,
+        return {"images": before if plain else draw(model, run.eval_set, unet, concept, erasure), "seconds": seconds,
                 "steps": steps}
 
     name = "_".join([row.name] + [f"{k}={v}" for k, v in extra]).replace("/", "-")

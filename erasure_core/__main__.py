@@ -117,7 +117,7 @@ def _load_control(args):
     from .controlnet import Control, load_control_image, load_controlnet
 
     return Control(load_controlnet(args.controlnet, device=args.device), load_control_image(args.control_image),
-                   args.control_scale)
+                   args.control_scale, erase_controlnet=not args.keep_controlnet)
 
 
 def cmd_sample(args) -> int:
@@ -146,6 +146,8 @@ def cmd_sample(args) -> int:
     rows = [("original", sample_images(model, args.prompt, seeds, **kw))]
     if erasure:
         unet = apply_erasure(model.unet, erasure[0], metadata=erasure[1])
+        if control:
+            kw.update(control.for_erasure(erasure[0]).sampling_kwargs())
         rows.append(("erased", sample_images(model, args.prompt, seeds, unet=unet, **kw)))
     if is_toy:
         judge = _toy_judge()
@@ -250,6 +252,7 @@ def cmd_toy_train(args) -> int:
         torch.set_num_threads(args.threads)  # the build is deterministic for one machine and thread count
     log = lambda m: print(m, flush=True)  # noqa: E731
     checkpoints = Path(args.checkpoints) if args.checkpoints else None
+    steps = {"diffusion_steps": args.steps} if args.steps else {}  # else the build's own default
     if args.judge_only:
         from .toyworld.build import build_judge
 
@@ -257,12 +260,12 @@ def cmd_toy_train(args) -> int:
     elif args.xl:
         from .toyworld.build_xl import build_xl
 
-        info = build_xl(Path(args.out) if args.out else XL_ASSETS, diffusion_steps=args.steps,
+        info = build_xl(Path(args.out) if args.out else XL_ASSETS, **steps,
                         schedule_steps=args.schedule_steps, checkpoint_dir=checkpoints, log=log)
     else:
         from .toyworld.build import build
 
-        info = build(Path(args.out) if args.out else ASSETS, vae_steps=args.vae_steps, diffusion_steps=args.steps,
+        info = build(Path(args.out) if args.out else ASSETS, vae_steps=args.vae_steps, **steps,
                      judge_steps=args.judge_steps, schedule_steps=args.schedule_steps, checkpoint_dir=checkpoints,
                      log=log)
     print(json.dumps(info, indent=2))
@@ -292,6 +295,10 @@ def _control_arguments(parser) -> None:
     parser.add_argument("--control-image", dest="control_image", help="the control image (PNG) for every prompt")
     parser.add_argument("--control-scale", dest="control_scale", type=float, default=1.0,
                         help="ControlNet strength (ComfyUI's 'strength')")
+    parser.add_argument("--keep-controlnet", dest="keep_controlnet", action="store_true",
+                        help="sample the erased model with the ControlNet as it is (default: the erasure is applied "
+                        "to the ControlNet's copy of the UNet's layers too, so its text path cannot draw the concept "
+                        "back; README, 'Under ControlNet')")
 
 
 def erased_unet_of(model, erasure: str | None, erased_model: str | None, config: str | None):
@@ -466,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("toyworld-train", help="rebuild the toy world from scratch (deterministic for one machine "
                         "and thread count)")
     tr.add_argument("--out", help="folder (default: the shipped assets folder)")
-    tr.add_argument("--steps", type=int, default=7000)
+    tr.add_argument("--steps", type=int, help="diffusion steps (default: what the shipped build ran: 7000, --xl 4000)")
     tr.add_argument("--vae-steps", type=int, default=600)
     tr.add_argument("--judge-steps", type=int, default=1200)
     tr.add_argument("--schedule-steps", type=int, help="learning-rate horizon if longer than --steps")
@@ -480,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cn = sub.add_parser("toyworld-train-controlnet", help="rebuild the toy world's ControlNet (deterministic)")
     cn.add_argument("--out", help="folder (default: the shipped assets/controlnet folder)")
-    cn.add_argument("--steps", type=int, default=800)
+    cn.add_argument("--steps", type=int, default=4000)
     cn.add_argument("--batch", type=int, default=16)
     cn.add_argument("--lr", type=float, default=2e-4)
     cn.add_argument("--threads", type=int, default=1, help="torch threads (the result depends on the count)")

@@ -64,6 +64,23 @@ class ControlledUNet(nn.Module):
                          down_block_additional_residuals=down, mid_block_additional_residual=mid, **kwargs)
 
 
+def erase_controlnet(controlnet: nn.Module, erasure: dict[str, torch.Tensor], strength: float = 1.0) -> nn.Module:
+    """A copy of `controlnet` with the erasure applied to the layers it shares with the UNet.
+
+    A ControlNet's encoder is a trained copy of the UNet's down and middle blocks, text cross-attention included:
+    it reads the prompt too, and its residuals can draw back part of a concept that the erased UNet no longer
+    draws. The erasure's weight change on the ControlNet's copies of those layers (same names) closes that path;
+    the layers only the UNet has (its up blocks and output) are skipped. `controlnet` is left untouched."""
+    from .erasure_file import apply_erasure, layer_shapes, split_key
+
+    shared = layer_shapes(controlnet)
+    own = {key: tensor for key, tensor in erasure.items() if split_key(key)[0] in shared}
+    if not own:
+        raise ErasureInputError("controlnet", "shares no layer with the erasure (made for another model family?)",
+                                "use a ControlNet made for the erased model's family")
+    return apply_erasure(controlnet, own, strength).requires_grad_(False).eval()
+
+
 def load_controlnet(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """A diffusers ControlNetModel from a local folder (config.json + safetensors), offline."""
     from diffusers import ControlNetModel
@@ -100,6 +117,13 @@ class Control:
     controlnet: nn.Module
     image: torch.Tensor  # (1, 3, H, W) in [0, 1]
     scale: float = 1.0
+    erase_controlnet: bool = True  # an erased model's ControlNet gets the erasure too (erase_controlnet)
+
+    def for_erasure(self, erasure: dict[str, torch.Tensor]) -> "Control":
+        """The control an erased model is sampled with: the ControlNet with the same erasure, unless kept as is."""
+        if not self.erase_controlnet:
+            return self
+        return Control(erase_controlnet(self.controlnet, erasure), self.image, self.scale, self.erase_controlnet)
 
     def sampling_kwargs(self) -> dict:
         """Keyword arguments for erasure_core.sampling.sample_images."""

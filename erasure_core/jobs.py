@@ -239,7 +239,7 @@ def _run(model, method, erase, config, out_dir, erasure_path, judge, progress, s
     controlled = None
     if control is not None:
         report_progress("sampling under the ControlNet", 0, 1)
-        controlled = _under_control(model, config, result.tuned_unet, control, judge)
+        controlled = _under_control(model, config, result, control, judge)
         report["controlnet"] = controlled.pop("report")
     report["total_seconds"] = round(time.time() - started, 1)
 
@@ -272,9 +272,11 @@ def _run(model, method, erase, config, out_dir, erasure_path, judge, progress, s
     return JobOutput(result, report, erasure_path, grid_path, report_path, images, control_grid_path)
 
 
-def _under_control(model, config: EraseConfig, tuned_unet, control, judge) -> dict:
-    """Up to 8 concept prompts and 8 others, before and after, under `control`; with `judge`, how many concept
-    images still show the concept. Returns comparison_grid's image arguments and a "report" entry."""
+def _under_control(model, config: EraseConfig, result, control, judge) -> dict:
+    """Up to 8 concept prompts and 8 others, before and after, under `control` (after: with the erasure applied to
+    the ControlNet too, unless the control keeps it as is); with `judge`, how many concept images still show the
+    concept. Returns comparison_grid's image arguments and a "report" entry."""
+    tuned_unet, control_after = result.tuned_unet, control.for_erasure(result.state_dict)
     concept = config.concepts[0]
     concept_prompts = config.concept_prompts(concept)[:8]
     other_prompts = (list(config.preserve_prompts) or GENERIC_PRESERVE)[:8]
@@ -282,9 +284,10 @@ def _under_control(model, config: EraseConfig, tuned_unet, control, judge) -> di
     for name, prompts in (("concept", concept_prompts), ("other", other_prompts)):
         seeds = list(range(len(prompts)))
         images[f"{name}_before"] = sample_images(model, prompts, seeds, **control.sampling_kwargs())
-        images[f"{name}_after"] = sample_images(model, prompts, seeds, unet=tuned_unet, **control.sampling_kwargs())
+        images[f"{name}_after"] = sample_images(model, prompts, seeds, unet=tuned_unet,
+                                                **control_after.sampling_kwargs())
     report: dict = {"concept_prompts": len(concept_prompts), "other_prompts": len(other_prompts),
-                    "scale": control.scale}
+                    "scale": control.scale, "controlnet_erased": control.erase_controlnet}
     if judge is not None:
         from .toyworld import evaluate as toy_eval
 

@@ -5,13 +5,15 @@ from comfy_api.latest import ComfyExtension, io
 
 from .audit import AuditErasure
 from .compare import ErasureCompare
+from .controlnet import EraseControlNet
 from .dataset import ScrambledGridDataset
 from .erase import EraseConceptCG, EraseConceptDT
 from .files import LoadErasure, SaveErasure
 from .toyworld import ToyControlImage, ToyControlNetLoader, ToyWorldLoader
 
 NODES: list[type[io.ComfyNode]] = [ScrambledGridDataset, EraseConceptDT, EraseConceptCG, SaveErasure, LoadErasure,
-                                   ErasureCompare, ToyWorldLoader, ToyControlNetLoader, ToyControlImage, AuditErasure]
+                                   ErasureCompare, ToyWorldLoader, ToyControlNetLoader, ToyControlImage, AuditErasure,
+                                   EraseControlNet]
 
 
 class ConceptEraserExtension(ComfyExtension):

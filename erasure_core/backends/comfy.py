@@ -361,3 +361,26 @@ def patched_clone(patcher, state_dict: dict[str, torch.Tensor], strength: float 
     clone = patcher.clone()
     clone.add_patches(patches, strength)
     return clone
+
+
+def erased_controlnet(control_net, state_dict: dict[str, torch.Tensor], patcher, strength: float = 1.0):
+    """A copy of a CONTROL_NET whose copy of the UNet's down and middle blocks carries the erasure as weight
+    patches (erasure_core.controlnet.erase_controlnet, in ComfyUI's terms); `patcher` (a MODEL of the family the
+    erasure was made for) gives the layer names. `control_net` is untouched."""
+    checks.real_number("strength", strength, -100.0, 100.0, "use e.g. 1.0 (0 = no change)")
+    wrapped = getattr(control_net, "control_model_wrapped", None)
+    if wrapped is None:
+        raise ErasureInputError("control_net", f"a {type(control_net).__name__} has no copy of the UNet's encoder",
+                                "use a ControlNet (SD1.x/SDXL), not a T2I-Adapter or control LoRA")
+    check_tensors(state_dict, patcher)
+    shared = set(wrapped.model.state_dict())
+    key_map = {k: v[len("diffusion_model."):] for k, v in comfy.lora.model_lora_keys_unet(patcher.model, {}).items()
+               if isinstance(v, str) and v.startswith("diffusion_model.") and v[len("diffusion_model."):] in shared}
+    patches = comfy.lora.load_lora(state_dict, key_map, log_missing=False)
+    if not patches:
+        raise ErasureInputError("control_net", "shares no layer with the erasure (made for another model family?)",
+                                "use a ControlNet made for the erased model's family")
+    copy = control_net.copy()
+    copy.control_model_wrapped = wrapped.clone()
+    copy.control_model_wrapped.add_patches(patches, strength)
+    return copy

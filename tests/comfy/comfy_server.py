@@ -17,7 +17,7 @@ from PIL import Image
 PACK_NODE_IDS = {"ConceptEraser_ScrambledGridDataset", "ConceptEraser_EraseDT", "ConceptEraser_EraseCG",
                  "ConceptEraser_SaveErasure", "ConceptEraser_LoadErasure", "ConceptEraser_Compare",
                  "ConceptEraser_ToyWorldLoader", "ConceptEraser_ToyControlNetLoader", "ConceptEraser_ToyControlImage",
-                 "ConceptEraser_Audit"}
+                 "ConceptEraser_Audit", "ConceptEraser_EraseControlNet"}
 
 from browser_support import free_port, stop  # tests/ is on sys.path (tests/conftest.py)
 from comfy_paths import COMFYUI_DIR, REPO

@@ -74,7 +74,8 @@ EXAMPLES = {
     }),
     "erase_with_controlnet": ("Degeneration-Tuning erasure of 'circle' on the built-in toy world, then the erased "
                               "MODEL and the original through the same ControlNet (ControlNetApplyAdvanced, a blob "
-                              "that fixes only where the shape sits) + KSampler", {
+                              "that fixes only where the shape sits) + KSampler; the erased branch's ControlNet "
+                              "carries the erasure too (Apply Erasure to ControlNet)", {
         1: {"type": "ConceptEraser_ToyWorldLoader", "pos": (0, 0), "size": [320, 120]},
         2: {"type": "ConceptEraser_EraseDT", "pos": (380, 0), "size": [360, 600], "widgets": TOY_DT,
             "links": {"model": (1, 0), "clip": (1, 1), "vae": (1, 2)}},
@@ -84,10 +85,19 @@ EXAMPLES = {
         6: {"type": "ConceptEraser_ToyControlImage", "pos": (0, 520), "size": [320, 220],
             "widgets": {"kind": "blob", "shape": "circle", "x": 16.0, "y": 16.0, "radius": 11.0}},
         7: {"type": "ControlNetApplyAdvanced", "pos": (780, 640), "widgets": {"strength": 1.0},
-            "links": {"positive": (3, 0), "negative": (4, 0), "control_net": (5, 0), "image": (6, 0)}},
+            "links": {"positive": (3, 0), "negative": (4, 0), "control_net": (5, 0), "image": (6, 0)},
+            "title": "Apply ControlNet (original)"},
+        # The erased branch: the ControlNet's copy of the UNet's encoder gets the erasure too, or it can draw part
+        # of the erased shape back (README, "Under ControlNet").
+        15: {"type": "ConceptEraser_EraseControlNet", "pos": (780, 0), "size": [320, 130],
+             "links": {"model": (1, 0), "control_net": (5, 0), "erasure": (2, 1)}},
+        16: {"type": "ControlNetApplyAdvanced", "pos": (780, 180), "widgets": {"strength": 1.0},
+             "links": {"positive": (3, 0), "negative": (4, 0), "control_net": (15, 0), "image": (6, 0)},
+             "title": "Apply ControlNet (erased)"},
         8: {"type": "EmptyLatentImage", "pos": (780, 860),
             "widgets": {"width": 128, "height": 128, "batch_size": TOY_BATCH}},  # 16x16 latents: 32 px images
-        9: {**sampler((2, 0), (7, 0), (7, 1), (8, 0), (1140, 0)), "widgets": TOY_SAMPLER, "title": "KSampler (erased)"},
+        9: {**sampler((2, 0), (16, 0), (16, 1), (8, 0), (1140, 0)), "widgets": TOY_SAMPLER,
+            "title": "KSampler (erased)"},
         10: {**sampler((1, 0), (7, 0), (7, 1), (8, 0), (1140, 520)), "widgets": TOY_SAMPLER,
              "title": "KSampler (original)"},
         11: decode((9, 0), (1, 2), (1500, 0)),

@@ -54,6 +54,36 @@ def test_controlnet_computes_as_the_diffusers_one(parts, toy_diffusers):
     assert any(d.abs().max() > 0 for d in down), "the shipped ControlNet is trained (its zero convs moved)"
 
 
+def test_apply_erasure_to_controlnet_node_computes_as_the_library(parts, toy_diffusers, pack):
+    """The node's CONTROL_NET, once ComfyUI patches it, computes what erasure_core.controlnet.erase_controlnet's
+    diffusers ControlNet computes; the CONTROL_NET passed in stays as it was."""
+    from erasure_core.controlnet import erase_controlnet
+    from erasure_core.methods.uce import UCEConfig, erase_uce
+
+    erasure = erase_uce(toy_diffusers, UCEConfig(concepts=["circle"], alternatives=["square"])).state_dict
+    gen = torch.Generator().manual_seed(2)
+    x, hint = torch.randn(2, 4, 16, 16, generator=gen), torch.rand(2, 3, 128, 128, generator=gen)
+    t, ctx = torch.tensor([50, 900]), toy_diffusers.encode_text(["a red solid circle", "a blue solid square"])
+    original = parts["controlnet"]
+    with torch.no_grad():
+        before = original.control_model(x, hint, t.float(), ctx)["output"]
+        down, _ = erase_controlnet(parts["diffusers_controlnet"], erasure)(
+            x, t, encoder_hidden_states=ctx, controlnet_cond=hint, return_dict=False)
+        erased = pack["ConceptEraser_EraseControlNet"].execute(parts["model"], original, erasure, 1.0).result[0]
+        assert erased is not original and not original.control_model_wrapped.patches
+        erased.control_model_wrapped.patch_model()
+        try:
+            mine = erased.control_model(x, hint, t.float(), ctx)["output"]
+        finally:
+            erased.control_model_wrapped.unpatch_model()
+        after_unpatch = original.control_model(x, hint, t.float(), ctx)["output"]
+    assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(mine, before)), "the erasure changed it"
+    for a, b in zip(mine, down):
+        assert torch.allclose(a, b, atol=1e-4)
+    for a, b in zip(after_unpatch, before):
+        assert torch.equal(a, b)
+
+
 def test_toy_nodes(pack):
     from erasure_core.toyworld.control import control_image
     from erasure_core.toyworld.draw import Placement
