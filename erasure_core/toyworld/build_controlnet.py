@@ -99,7 +99,7 @@ def train_controlnet(model, steps: int, batch: int, seed: int, lr: float, log, c
     return ema
 
 
-def build_controlnet(model, out: Path, steps: int = 800, batch: int = 16, seed: int = 0, lr: float = 2e-4,
+def build_controlnet(model, out: Path, steps: int = 4000, batch: int = 16, seed: int = 0, lr: float = 2e-4,
                      log=print, checkpoint_dir: Path | None = None, schedule_steps: int | None = None) -> dict:
     """Train and save the ControlNet (a diffusers folder) in `out`, with its build_info.json."""
     from ..safe_files import atomic_folder
