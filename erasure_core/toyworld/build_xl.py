@@ -40,9 +40,11 @@ POOLED_DIM = 64  # text_encoder_2's projection (SDXL: 1280)
 def make_unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=IMAGE_SIZE // 2, in_channels=4, out_channels=4, layers_per_block=2,
-        # 32 norm groups: the ldm UNets of ComfyUI, sgm (A1111) and Forge fix GroupNorm at 32, so each holds it as it is
-        block_out_channels=(32, 64, 64), norm_num_groups=32, cross_attention_dim=sum(TEXT_WIDTHS),
-        attention_head_dim=(4, 8, 8), transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
+        # 32 norm groups: the ldm UNets of ComfyUI, sgm (A1111) and Forge fix GroupNorm at 32, so each holds it as
+        # it is. 64 channels at the first level, so a group holds two: with 32, each channel is normalised on its
+        # own, which drops the ratios between channels that carry colour (a 32-channel build drew colour 0.32).
+        block_out_channels=(64, 64, 64), norm_num_groups=32, cross_attention_dim=sum(TEXT_WIDTHS),
+        attention_head_dim=(8, 8, 8), transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         addition_embed_type="text_time", addition_time_embed_dim=TIME_EMBED_DIM,
@@ -102,7 +104,7 @@ def save_xl(folder: Path, vae, tokenizer: CLIPTokenizer, modules: dict) -> None:
 SDXL = DiffusionRecipe(make=xl_modules, conditioner=xl_conditioner, save=save_xl)
 
 
-def build_xl(out: Path, diffusion_steps: int = 7000, batch: int = 64, seed: int = 0, log=print,
+def build_xl(out: Path, diffusion_steps: int = 4000, batch: int = 64, seed: int = 0, log=print,
              checkpoint_dir: Path | None = None, schedule_steps: int | None = None,
              vae_dir: Path = MODEL_DIR / "vae") -> dict:
     """Train the XL toy into `out/model` (the SD1 toy's VAE from `vae_dir`), and write `out/build_info.json`."""
