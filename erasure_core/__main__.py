@@ -297,8 +297,8 @@ def _control_arguments(parser) -> None:
                         help="ControlNet strength (ComfyUI's 'strength')")
     parser.add_argument("--keep-controlnet", dest="keep_controlnet", action="store_true",
                         help="sample the erased model with the ControlNet as it is (default: the erasure is applied "
-                        "to the ControlNet's copy of the UNet's layers too, so its text path cannot draw the concept "
-                        "back; README, 'Under ControlNet')")
+                        "to the ControlNet's copy of the UNet's layers too, so its own reading of the prompt does not "
+                        "bring the concept back; README, 'Under ControlNet')")
 
 
 def erased_unet_of(model, erasure: str | None, erased_model: str | None, config: str | None):
