@@ -7,7 +7,7 @@ unchanged, and the model interface needs nothing new.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .erasure_file import apply_erasure, layer_shapes, split_key
 from .errors import ErasureInputError
 
 # SD-family ControlNets read their hint at 8x the latent's side (their hint encoder has three stride-2
@@ -71,8 +72,6 @@ def erase_controlnet(controlnet: nn.Module, erasure: dict[str, torch.Tensor], st
     it reads the prompt too, and its residuals can draw back part of a concept that the erased UNet no longer
     draws. The erasure's weight change on the ControlNet's copies of those layers (same names) closes that path;
     the layers only the UNet has (its up blocks and output) are skipped. `controlnet` is left untouched."""
-    from .erasure_file import apply_erasure, layer_shapes, split_key
-
     shared = layer_shapes(controlnet)
     own = {key: tensor for key, tensor in erasure.items() if split_key(key)[0] in shared}
     if not own:
@@ -123,7 +122,7 @@ class Control:
         """The control an erased model is sampled with: the ControlNet with the same erasure, unless kept as is."""
         if not self.erase_controlnet:
             return self
-        return Control(erase_controlnet(self.controlnet, erasure), self.image, self.scale, self.erase_controlnet)
+        return replace(self, controlnet=erase_controlnet(self.controlnet, erasure))
 
     def sampling_kwargs(self) -> dict:
         """Keyword arguments for erasure_core.sampling.sample_images."""
