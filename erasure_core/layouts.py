@@ -22,12 +22,17 @@ FAMILIES = {  # family -> (modelspec.architecture, ss_base_model_version): what 
 
 
 def family_of(unet: nn.Module) -> str:
-    config = getattr(unet, "config", None)
-    if config is not None and getattr(config, "addition_embed_type", None) == "text_time":
+    if getattr(getattr(unet, "config", None), "addition_embed_type", None) == "text_time":  # diffusers
         return "sdxl"
-    if config is None and getattr(unet, "label_emb", None) is not None:
+    # ldm: A1111's sgm and ComfyUI's UNetModel, and Forge's, which also carries a (ldm-style) diffusers config
+    if is_ldm(unet) and getattr(unet, "label_emb", None) is not None:
         return "sdxl"
     return "sd1"
+
+
+def is_ldm(unet: nn.Module) -> bool:
+    """Whether the UNet has ldm module paths (input_blocks…), not diffusers ones (down_blocks…)."""
+    return hasattr(unet, "input_blocks")
 
 
 # diffusers resnet layer names -> ldm ones (the inverse of backends.ldm.RESNET_PARTS)
@@ -78,8 +83,8 @@ def diffusers_to_ldm_name(name: str, layers_per_block: int, up_attention: list[b
 
 def file_layer_name(unet: nn.Module):
     """name -> the layer's name in an erasure file, for this UNet's module paths."""
-    config = getattr(unet, "config", None)
-    if family_of(unet) != "sdxl" or config is None:
+    if family_of(unet) != "sdxl" or is_ldm(unet):  # SD1: diffusers paths as they are; an ldm SDXL UNet's own paths
         return lambda name: name
+    config = unet.config
     up_attention = [t.startswith("CrossAttn") for t in config.up_block_types]
     return lambda name: diffusers_to_ldm_name(name, config.layers_per_block, up_attention)

@@ -87,11 +87,22 @@ def shared_copy(unet: nn.Module, trained: list[str]) -> nn.Module:
     `trained`, which are copied (they will change). Only what is trained costs new memory; the copy's
     own Parameter objects keep the original's requires_grad flags untouched. Inference tensors (made
     under a host's inference mode) cannot take part in autograd, so those are copied too."""
-    copied = {id(p) for name in trained for p in unet.get_submodule(name).parameters(recurse=False)}
+    copied = _params_of(unet, trained)
     memo = {id(p): nn.Parameter(p.detach(), requires_grad=False)
             for p in unet.parameters() if id(p) not in copied and not p.is_inference()}
     memo.update(host_tensors(unet))
     return copy.deepcopy(unet, memo).requires_grad_(False)
+
+
+def inference_copy_bytes(unet: nn.Module, trained: list[str]) -> int:
+    """Bytes shared_copy(unet, trained) copies besides the trained modules' own: the frozen weights that are
+    inference tensors (Forge loads every weight under inference mode, so there it is the whole UNet)."""
+    copied = _params_of(unet, trained)
+    return sum(p.numel() * p.element_size() for p in unet.parameters() if id(p) not in copied and p.is_inference())
+
+
+def _params_of(unet: nn.Module, names: list[str]) -> set[int]:
+    return {id(p) for name in names for p in unet.get_submodule(name).parameters(recurse=False)}
 
 
 def make_trainable(unet: nn.Module, group: str, rank: int | None = None,

@@ -132,11 +132,17 @@ class FakeSDXLWebui:
         return self.toy.vae.decode(z / self.toy.vae_scale).sample
 
 
-@pytest.fixture(params=["comfy", "sgm"])
+@pytest.fixture(params=["comfy", "forge", "sgm"])
 def webui_xl(request, toy_xl_model, monkeypatch):
-    """(the webui model stand-in, its ldm UNet) with the XL toy's weights; SdConditioning where the webui has it."""
+    """(the webui model stand-in, its ldm UNet) with the XL toy's weights; SdConditioning where the webui has it.
+    "forge": the ldm UNet with a `config` of its ldm arguments, as Forge's IntegratedUNet2DConditionModel registers
+    them through diffusers' ConfigMixin (its family and layer names must still be read as an ldm UNet's)."""
+    from diffusers.configuration_utils import FrozenDict
+
     config = ldm_config(toy_xl_model.unet.config)
-    unet = comfy_unet(config) if request.param == "comfy" else sgm_unet(config)
+    unet = sgm_unet(config) if request.param == "sgm" else comfy_unet(config)
+    if request.param == "forge":
+        unet.config = FrozenDict(config)
     unet.load_state_dict(ldm_state_dict(toy_xl_model.unet), strict=True)
     unet.eval().requires_grad_(False)
     monkeypatch.setitem(sys.modules, "modules", types.ModuleType("modules"))

@@ -7,7 +7,10 @@ The webui is built by `tests/webui/setup_webui.sh KIND .webui/KIND` from its own
 after the start); a short cg erasure driven from the tab in headless Chromium goes through the webui's job queue
 (a txt2img sent meanwhile waits for it) and writes one LoRA into models/Lora with the keys and metadata the
 webui's Lora list reads (/sdapi/v1/loras lists it); txt2img with `<lora:NAME:1>` changes the image and
-`<lora:NAME:0>` does not; the webui's Interrupt stops an erasure while it samples, before training.
+`<lora:NAME:0>` does not; the webui's Interrupt stops an erasure while it samples, before training. Then the same
+erasure from an SDXL checkpoint of random weights (tests/webui/sdxl_checkpoint.py: SDXL's full-size text encoders;
+for A1111 a narrow UNet described by the .yaml beside it, for Forge SDXL base's own UNet) writes kohya's SDXL
+layout, which the webui lists and applies.
 Random weights cannot show that a concept is gone (the toy world's judge measures that elsewhere); this checks
 the integration. Without a built webui, Chromium or playwright the tests skip, saying which.
 """
@@ -26,7 +29,8 @@ import numpy as np
 import pytest
 
 from browser_support import CHROMIUM_ARGS, chromium_path, free_port
-from webui_process import KINDS, REPO, built, install_extension, moved_packages, pip_freeze, start, stop
+from webui_process import (KINDS, REPO, built, forget_checkpoint, install_extension, moved_packages, pip_freeze,
+                           start, stop)
 
 pytestmark = pytest.mark.slow
 SD1_FINGERPRINT = "a558eacf71fca10b"  # erasure_core.backends.webui.sd1_fingerprint(), pinned by test_layers.py
@@ -46,6 +50,7 @@ def webui(request, tmp_path_factory):
     for generated in ("models/Lora", "outputs"):
         shutil.rmtree(folder / generated, ignore_errors=True)
     install_extension(folder)
+    forget_checkpoint(folder)
     checkpoint = folder / "models" / "Stable-diffusion" / "random-sd15.safetensors"
     if not checkpoint.exists():  # the webui makes its models folders at its first start
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +63,7 @@ def webui(request, tmp_path_factory):
     server = start(kind, dest, free_port(), log)
     print(f"{kind}: webui up in {time.time() - t0:.0f} s")
     server.freeze_before, server.freeze_after = before, pip_freeze(dest)
+    server.post("/sdapi/v1/options", {"sd_model_checkpoint": checkpoint.name})  # the SDXL test adds another
     yield server
     stop(server)
     print(f"--- {kind} webui log (end) ---\n{server.log()[-6000:]}")
@@ -222,3 +228,57 @@ def test_interrupt_stops_an_erasure_while_it_samples(webui):
     assert interrupted and status.startswith("Cancelled"), status
     assert peak - rss < 2**30, "the erasure copied the model's weights"
     assert (sorted(lora_dir.glob("*.safetensors")) if lora_dir.exists() else []) == files, "nothing is written"
+
+
+def test_erase_from_an_sdxl_checkpoint_in_the_tab(webui):
+    """The same erasure from an SDXL checkpoint (A1111: its sgm DiffusionEngine; Forge: its StableDiffusionXL; two
+    text encoders, pooled and size conditioning), saved in kohya's SDXL layout under SDXL's metadata, which the
+    webui's Lora list files as SDXL and applies: `<lora:NAME:1>` changes the SDXL image, `<lora:NAME:0>` does not."""
+    from safetensors import safe_open
+    from playwright.sync_api import sync_playwright
+
+    # A1111 builds the model from the .yaml beside the checkpoint, so a narrow UNet is enough; Forge recognises SDXL
+    # by the UNet's shapes only (huggingface_guess), so it gets SDXL base's full-size UNet.
+    full = webui.kind == "forge"
+    checkpoint = webui.folder / "models" / "Stable-diffusion" / f"random-sdxl{'' if full else '-small'}.safetensors"
+    if not checkpoint.exists():
+        env = dict(os.environ, COMFYUI_DIR=os.environ.get("COMFYUI_DIR", str(REPO / ".comfyui")))
+        subprocess.run([sys.executable, str(Path(__file__).parent / "sdxl_checkpoint.py"), str(webui.folder),
+                        str(checkpoint)] + (["--full"] if full else []), check=True, env=env, cwd=REPO)
+    webui.post("/sdapi/v1/refresh-checkpoints")
+    webui.post("/sdapi/v1/options", {"sd_model_checkpoint": checkpoint.name})
+    assert webui.get("/sdapi/v1/options")["sd_model_checkpoint"].startswith(checkpoint.stem)
+    lora_dir = webui.folder / "models" / "Lora"
+    before = set(lora_dir.glob("*.safetensors")) if lora_dir.exists() else set()
+    baseline = webui.txt2img("a dog")
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1300})
+            open_tab(page, webui.url)
+            t0 = time.time()
+            start_erasure(page, steps=2, report_steps=1)
+            status, _, _, peak = watch(page, webui, time.time() + 3600)
+            print(f"{webui.kind} SDXL: erasure {time.time() - t0:.0f} s, webui peak RSS {peak / 2**30:.2f} GiB; "
+                  f"status:\n{status}")
+            assert status.startswith("Done"), status
+            saved = Path(page.locator("#ce_saved textarea, #ce_saved input").first.input_value())
+        finally:
+            browser.close()
+    assert set(lora_dir.glob("*.safetensors")) - before == {saved}
+    with safe_open(str(saved), "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    blocks = {k.split("_")[2] for k in keys}
+    assert blocks <= {"input", "middle", "output"} and "output" in blocks, sorted(keys)[:5]
+    assert all(k.startswith("lora_unet_") and "attn2" in k for k in keys)
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+    webui.post("/sdapi/v1/refresh-loras")
+    assert saved.stem in [lora["name"] for lora in webui.get("/sdapi/v1/loras")]
+    with_lora = webui.txt2img(f"a dog <lora:{saved.stem}:1>")
+    at_zero = webui.txt2img(f"a dog <lora:{saved.stem}:0>")
+    change = np.abs(with_lora.astype(int) - baseline.astype(int)).mean()
+    print(f"{webui.kind} SDXL: mean |image with the LoRA - without| = {change:.3f} (0-255)")
+    assert change > 0, "<lora:NAME:1> did not change the SDXL image"
+    assert np.array_equal(at_zero, baseline), "<lora:NAME:0> changed the SDXL image"

@@ -19,8 +19,11 @@ KINDS = ("a1111", "forge")
 FLAGS = {
     "a1111": ["--skip-torch-cuda-test", "--use-cpu", "all", "--no-half", "--precision", "full",
               "--no-download-sd-model", "--api", "--no-hashing", "--skip-version-check"],
-    "forge": ["--always-cpu", "--all-in-fp32", "--skip-torch-cuda-test", "--no-half", "--precision", "full",
-              "--no-download-sd-model", "--api", "--no-hashing", "--skip-version-check"],
+    # Forge: the UNet stored in bf16 and computed in fp32. Forge loads weights as inference tensors, which training
+    # copies (the memory plan's "copy of inference weights"): SDXL's UNet in fp32 twice, with its text encoders,
+    # would not fit a 24 GB machine.
+    "forge": ["--always-cpu", "--all-in-fp32", "--unet-in-bf16", "--skip-torch-cuda-test", "--no-half", "--precision",
+              "full", "--no-download-sd-model", "--api", "--no-hashing", "--skip-version-check"],
 }
 
 
@@ -57,6 +60,16 @@ def pip_freeze(dest: Path) -> dict[str, str]:
 def moved_packages(before: dict[str, str], after: dict[str, str]) -> dict[str, tuple[str, str | None]]:
     """{package: (version before, version after or None when removed)} for every package that changed."""
     return {name: (version, after.get(name)) for name, version in before.items() if after.get(name) != version}
+
+
+def forget_checkpoint(webui: Path) -> None:
+    """Drop the checkpoint an earlier run selected from the webui's config.json: each run selects its own (Forge
+    ignores a selection equal to the saved one, even when that file was missing at its start)."""
+    config = webui / "config.json"
+    if config.exists():
+        settings = json.loads(config.read_text())
+        settings.pop("sd_model_checkpoint", None)
+        config.write_text(json.dumps(settings, indent=4))
 
 
 def install_extension(webui: Path, name: str = "concept-eraser") -> Path:
