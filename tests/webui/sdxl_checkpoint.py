@@ -78,7 +78,6 @@ def write_sdxl(webui_folder: Path, path: Path, full: bool = False, seed: int = 0
     reason = import_comfy()
     if reason:
         raise RuntimeError(reason)
-    import comfy.ops
     import yaml
     from comfy.ldm.models.autoencoder import AutoencoderKL
     from safetensors.torch import save_file

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +55,7 @@ def webui(request, tmp_path_factory):
     checkpoint = folder / "models" / "Stable-diffusion" / "random-sd15.safetensors"
     if not checkpoint.exists():  # the webui makes its models folders at its first start
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, COMFYUI_DIR=os.environ.get("COMFYUI_DIR", str(REPO / ".comfyui")))
-        subprocess.run([sys.executable, str(Path(__file__).parent / "sd15_checkpoint.py"), str(checkpoint)],
-                       check=True, env=env, cwd=REPO)
+        write_checkpoint("sd15_checkpoint.py", str(checkpoint))
     before = pip_freeze(dest)
     log = tmp_path_factory.mktemp(f"{kind}_log") / "webui.log"
     t0 = time.time()
@@ -67,6 +66,12 @@ def webui(request, tmp_path_factory):
     yield server
     stop(server)
     print(f"--- {kind} webui log (end) ---\n{server.log()[-6000:]}")
+
+
+def write_checkpoint(script: str, *args: str) -> None:
+    """Run one of this folder's checkpoint writers, with the ComfyUI of tests/comfy_setup.sh for the layer shapes."""
+    env = dict(os.environ, COMFYUI_DIR=os.environ.get("COMFYUI_DIR", str(REPO / ".comfyui")))
+    subprocess.run([sys.executable, str(Path(__file__).parent / script), *args], check=True, env=env, cwd=REPO)
 
 
 def test_install_moves_nothing_the_webui_has(webui):
@@ -133,9 +138,45 @@ def watch(page, webui, until: float, on_job=None) -> tuple[str, set[str], float,
     raise AssertionError(f"the erasure did not finish in time; seen: {sorted(seen)[-10:]}")
 
 
+@dataclass
+class TabRun:
+    """What a run of the tab left: its status, the progress texts seen (watch), when the webui last reported it as
+    its job, the webui's peak memory, the file it saved, and the before/after images and loss plots shown."""
+
+    status: str
+    seen: set[str]
+    last_job: float
+    peak: int
+    saved: Path
+    images: int
+    loss_plots: int
+
+
+def erase_in_tab(webui, label: str, on_job=None, screenshot: str | None = None) -> TabRun:
+    """The short cg erasure of "a dog" (start_erasure) from the tab in headless Chromium, until its status ends."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1300})
+            open_tab(page, webui.url)
+            t0 = time.time()
+            start_erasure(page, steps=2, report_steps=1)
+            status, seen, last_job, peak = watch(page, webui, time.time() + 3600, on_job)
+            print(f"{label}: erasure {time.time() - t0:.0f} s, webui peak RSS {peak / 2**30:.2f} GiB; status:\n"
+                  f"{status}\nprogress seen: {sorted(seen)}")
+            if screenshot:  # the page as the user sees it: the webui around the tab
+                page.screenshot(path=screenshot, full_page=True)
+            return TabRun(status, seen, last_job, peak,
+                          Path(page.locator("#ce_saved textarea, #ce_saved input").first.input_value()),
+                          page.locator("#ce_gallery img").count(), page.locator("#ce_loss img").count())
+        finally:
+            browser.close()
+
+
 def test_erase_in_the_tab_then_use_the_lora(webui):
     from safetensors import safe_open
-    from playwright.sync_api import sync_playwright
 
     lora_dir = webui.folder / "models" / "Lora"
     baseline, waiting = {}, []
@@ -149,23 +190,10 @@ def test_erase_in_the_tab_then_use_the_lora(webui):
             waiting.append(threading.Thread(target=txt2img_meanwhile))
             waiting[0].start()
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1300})
-            open_tab(page, webui.url)
-            t0 = time.time()
-            start_erasure(page, steps=2, report_steps=1)
-            status, seen, last_job, peak = watch(page, webui, time.time() + 3600, on_job)
-            print(f"{webui.kind}: erasure {time.time() - t0:.0f} s, webui peak RSS {peak / 2**30:.2f} GiB; status:\n"
-                  f"{status}\nprogress seen: {sorted(seen)}")
-            if os.environ.get("CE_WEBUI_SCREENSHOT"):  # the page as the user sees it: the webui around the tab
-                page.screenshot(path=os.environ["CE_WEBUI_SCREENSHOT"], full_page=True)
-            assert status.startswith("Done"), status
-            saved = Path(page.locator("#ce_saved textarea, #ce_saved input").first.input_value())
-            assert page.locator("#ce_gallery img").count() >= 2 and page.locator("#ce_loss img").count() == 1
-        finally:
-            browser.close()
+    run = erase_in_tab(webui, webui.kind, on_job, os.environ.get("CE_WEBUI_SCREENSHOT"))
+    assert run.status.startswith("Done"), run.status
+    assert run.images >= 2 and run.loss_plots == 1
+    saved, seen, last_job = run.saved, run.seen, run.last_job
     phases = " ".join(seen)
     for phase in ("sampling the 'before' images", "trajectories", "erasing", "sampling the 'after' images"):
         assert phase in phases, f"no progress shown for {phase!r}: {sorted(seen)}"
@@ -235,16 +263,13 @@ def test_erase_from_an_sdxl_checkpoint_in_the_tab(webui):
     text encoders, pooled and size conditioning), saved in kohya's SDXL layout under SDXL's metadata, which the
     webui's Lora list files as SDXL and applies: `<lora:NAME:1>` changes the SDXL image, `<lora:NAME:0>` does not."""
     from safetensors import safe_open
-    from playwright.sync_api import sync_playwright
 
     # A1111 builds the model from the .yaml beside the checkpoint, so a narrow UNet is enough; Forge recognises SDXL
     # by the UNet's shapes only (huggingface_guess), so it gets SDXL base's full-size UNet.
     full = webui.kind == "forge"
     checkpoint = webui.folder / "models" / "Stable-diffusion" / f"random-sdxl{'' if full else '-small'}.safetensors"
     if not checkpoint.exists():
-        env = dict(os.environ, COMFYUI_DIR=os.environ.get("COMFYUI_DIR", str(REPO / ".comfyui")))
-        subprocess.run([sys.executable, str(Path(__file__).parent / "sdxl_checkpoint.py"), str(webui.folder),
-                        str(checkpoint)] + (["--full"] if full else []), check=True, env=env, cwd=REPO)
+        write_checkpoint("sdxl_checkpoint.py", str(webui.folder), str(checkpoint), *(["--full"] if full else []))
     webui.post("/sdapi/v1/refresh-checkpoints")
     webui.post("/sdapi/v1/options", {"sd_model_checkpoint": checkpoint.name})
     assert webui.get("/sdapi/v1/options")["sd_model_checkpoint"].startswith(checkpoint.stem)
@@ -252,20 +277,9 @@ def test_erase_from_an_sdxl_checkpoint_in_the_tab(webui):
     before = set(lora_dir.glob("*.safetensors")) if lora_dir.exists() else set()
     baseline = webui.txt2img("a dog")
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1300})
-            open_tab(page, webui.url)
-            t0 = time.time()
-            start_erasure(page, steps=2, report_steps=1)
-            status, _, _, peak = watch(page, webui, time.time() + 3600)
-            print(f"{webui.kind} SDXL: erasure {time.time() - t0:.0f} s, webui peak RSS {peak / 2**30:.2f} GiB; "
-                  f"status:\n{status}")
-            assert status.startswith("Done"), status
-            saved = Path(page.locator("#ce_saved textarea, #ce_saved input").first.input_value())
-        finally:
-            browser.close()
+    run = erase_in_tab(webui, f"{webui.kind} SDXL")
+    assert run.status.startswith("Done"), run.status
+    saved = run.saved
     assert set(lora_dir.glob("*.safetensors")) - before == {saved}
     with safe_open(str(saved), "pt") as f:
         keys, meta = list(f.keys()), f.metadata()
