@@ -109,22 +109,22 @@ def sd15_model(device: str, pixels: int, weights: Path | None = None):
                            scheduler_config=scheduler, device=torch.device(device), source="random SD1.5-shaped")
 
 
-def random_sdxl_unet(pixels: int, dtype=torch.bfloat16):
-    """SDXL base's UNet with random weights made directly in `dtype` (no fp32 copy ever exists): each tensor from
-    its own seeded generator, so every row trains the very same model. Norm scales 1, biases 0, matrices
-    N(0, 1/fan_in)."""
+def random_sdxl_unet(pixels: int, dtype=torch.bfloat16, device: str = "cpu"):
+    """SDXL base's UNet with random weights made directly in `dtype` on `device` (no fp32 copy ever exists): each
+    tensor from its own seeded generator, so every row on one device trains the very same model. Norm scales 1,
+    biases 0, matrices N(0, 1/fan_in)."""
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(sample_size=pixels // 8, **SDXL_UNET).to(dtype)
-    unet = unet.to_empty(device="cpu")  # allocated in `dtype`: no fp32 copy
+    unet = unet.to_empty(device=device)  # allocated in `dtype`: no fp32 copy
     with torch.no_grad():
         for name, p in unet.named_parameters():
             if p.ndim <= 1:
                 p.fill_(1.0 if name.endswith("weight") and "norm" in name else 0.0)
             else:
-                gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-                p.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
+                gen = torch.Generator(device).manual_seed(zlib.crc32(name.encode()))
+                p.copy_(torch.randn(p.shape, generator=gen, device=device) / p[0].numel() ** 0.5)
     return unet
 
 
@@ -156,7 +156,7 @@ def sdxl_model(device: str, pixels: int):
     scheduler = json.loads((MODEL_DIR / "scheduler" / "scheduler_config.json").read_text())  # SDXL's schedule too
     vae = torch.nn.Module()  # stands in for the VAE: the stub encodes and decodes
     vae.config = SimpleNamespace(scaling_factor=0.13025, block_out_channels=(128, 256, 512, 512))
-    return RandomXLModel(unet=random_sdxl_unet(pixels).to(device), vae=vae, text_encoder=torch.nn.Identity(),
+    return RandomXLModel(unet=random_sdxl_unet(pixels, device=device), vae=vae, text_encoder=torch.nn.Identity(),
                          tokenizer=None, text_encoder_2=torch.nn.Identity(), scheduler_config=scheduler,
                          device=torch.device(device), source="random SDXL-shaped")
 
@@ -508,6 +508,33 @@ def memory_specs(device: str) -> list[dict]:
             for name, loop, options in rows]
 
 
+def sdxl_memory_specs(device: str, card_gib: float = 24.0) -> list[dict]:
+    """SDXL at 1024 px, each training method's default as `memory: auto` fits it to a `card_gib` card (the plan's
+    table), run for 2 steps at a batch of two micro-batches: the peak of one micro-batch is the peak of any batch.
+    GPU only: on the CPU a 1024 px SDXL step with full-weight groups would not fit this machine."""
+    if device != "cuda":
+        return []
+    from erasure_core.memory import GiB, ShapeOnlyModel, fit, module_bytes, plan_memory
+    from erasure_core.methods import METHODS
+
+    model = ShapeOnlyModel.sdxl()
+    loaded = sum(module_bytes(m) for m in (model.unet, model.text_encoder, model.text_encoder_2, model.vae))
+    free = int(card_gib * GiB) - GiB // 2 - loaded
+    specs = []
+    for name in ("cg", "dt", "esd"):
+        config = METHODS[name][0](concepts=["a dog"], preserve_prompts=["a cat", "a horse", "a car", "a tree"])
+        config.validate()
+        plan = plan_memory(model, name, config, available=free)
+        fitted, fitted_plan = fit(model, name, config, plan) if not plan.fits else (config, plan)
+        micro = fitted.micro_batch or fitted.batch_size
+        specs.append(dict(world="sdxl", device=device, pixels=1024, batch=2 * micro, steps=2, short_setup=True,
+                          loop=name, group=fitted.group,
+                          option=f"default fitted to {card_gib:g} GB: {', '.join(fitted_plan.changes) or 'as is'}",
+                          options={"rank": fitted.rank, "micro_batch": micro, "checkpointing": fitted.checkpointing,
+                                   "precision": fitted.precision}))
+    return specs
+
+
 def gpu_plans(card_gib: float = 8.0, model=None) -> list[dict]:
     """Each method's default on Stable Diffusion 1.5 at 512 px (or `model`, a ShapeOnlyModel; fp16 weights, as
     hosts keep them on a GPU): its plan as it is, and as fitted ("memory: auto") to a card of `card_gib`. Shapes
@@ -768,34 +795,44 @@ def main(argv=None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     log = lambda m: print(m, flush=True)  # noqa: E731
     command = "python bench/speed.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    if args.memory:
-        out = Path(args.out)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from erasure_core.jobs import write_json
+
+    worlds = set(args.worlds.split(","))
+    if args.memory:  # merged into OUT/speed.json: the memory rows of the other worlds stay
         report = json.loads((out / "speed.json").read_text()) if (out / "speed.json").exists() else {
             "command": command, "device": device_info(device), "seconds": 0, "gpu_note": "", "rows": [],
             "option_rows": []}
+        rows = report["memory_rows"] = [r for r in report.get("memory_rows", []) if r["world"] not in worlds]
+        specs = (memory_specs(device) if "sd15" in worlds else []) + (
+            sdxl_memory_specs(device) if "sdxl" in worlds else [])
         with tempfile.TemporaryDirectory(prefix="speed_sd15_") as weights:
-            save_random_sd15(Path(weights))
-            report["memory_rows"] = [run_row(dict(s, weights=weights), log) for s in memory_specs(device)]
+            if "sd15" in worlds:
+                save_random_sd15(Path(weights))
+            for spec in specs:
+                rows.append(run_row(dict(spec, weights=weights), log))
+                write_json(out / "speed.json", report)  # after each row: a run cut short keeps what it measured
         report.update(memory_command=f"{command} ({time.time() - started:.0f} s)", gpu_plans=gpu_plans())
         if "sdxl_gpu_plans" in report:  # the plan changed: its SDXL table too
             from erasure_core.memory import ShapeOnlyModel
 
             report["sdxl_gpu_plans"] = gpu_plans(24.0, ShapeOnlyModel.sdxl())
-        from erasure_core.jobs import write_json
-
-        out.mkdir(parents=True, exist_ok=True)
         write_json(out / "speed.json", report)
         print(write_markdown(out / "speed.md", report))
         return 0
-    worlds = set(args.worlds.split(","))
     specs = [s for s in main_specs(device, args.quick) if s["world"] in worlds]
     specs += sdxl_specs(device, args.quick) if "sdxl" in worlds else []
     option = [s for s in option_specs(device, args.quick, args.compile) if s["world"] in worlds]
+    rows, option_rows = [], []
+    partial = {"command": command, "device": device_info(device), "seconds": 0, "gpu_note": "", "rows": rows,
+               "option_rows": option_rows}
     with tempfile.TemporaryDirectory(prefix="speed_sd15_") as weights:
         if any(s["world"] == "sd15" for s in specs + option):
             save_random_sd15(Path(weights))
-        rows = [run_row(dict(s, weights=weights), log) for s in specs]
-        option_rows = [run_row(dict(s, weights=weights), log) for s in option]
+        for spec, measured in [(s, rows) for s in specs] + [(s, option_rows) for s in option]:
+            measured.append(run_row(dict(spec, weights=weights), log))
+            write_json(out / "speed.json", partial)  # after each row: a run cut short keeps what it measured
     gpu_note = ("GPU half not run: no GPU available (torch.cuda.is_available() is False); on a GPU the same "
                 "command times each method and the plain loop at 512 px in bf16 autocast." if device == "cpu"
                 else f"Run on {torch.cuda.get_device_name()}: random weights and stub text encoder as on CPU, "
@@ -806,10 +843,6 @@ def main(argv=None) -> int:
         from erasure_core.memory import ShapeOnlyModel
 
         report["sdxl_gpu_plans"] = gpu_plans(24.0, ShapeOnlyModel.sdxl())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from erasure_core.jobs import write_json
-
     add_rates(rows)
     add_rates(option_rows)
     write_json(out / "speed.json", report)
