@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import zlib
+from contextlib import nullcontext
 from pathlib import Path
 
 from types import SimpleNamespace
@@ -320,9 +321,7 @@ def run_method(model, spec: dict, on_step) -> dict:
 
     module.optimise = measured
     erase(model, config, progress=on_step)
-    return {"plan_bytes": plan.total, "plan_parts_bytes": plan.parts, "plan_settings": plan.settings,
-            "plan_training_bytes": sum(v for k, v in plan.parts.items() if not k.startswith(("frozen", "cached"))),
-            **training}
+    return {**plan_fields(plan), **training}
 
 
 def measure(spec: dict) -> dict:
@@ -450,8 +449,10 @@ def main_specs(device: str, quick: bool) -> list[dict]:
         for loop in ("esd", "cg", "dt"):  # 10 pairs: with 3 timed steps, one slow step moved a median by 20%
             specs.append(dict(common, loop=loop, steps=3 if quick else 10, paired=True))
     else:
-        # Each method's own default group; one plain row per group.
-        common = dict(world="sd15", device="cuda", pixels=512, batch=4, short_setup=True, steps=12)
+        # Each method's own default group; one plain row per group. No gradient checkpointing (the CUDA default
+        # turns it on): the plain loop has none, and its recomputed forward passes would be what the ratio measured.
+        common = dict(world="sd15", device="cuda", pixels=512, batch=4, short_setup=True, steps=12,
+                      options={"checkpointing": False})
         for loop, group in (("plain", "cross_attn"), ("esd", "cross_attn"), ("cg", "cross_attn"), ("plain", "all"),
                             ("dt", "all")):
             specs.append(dict(common, loop=loop, group=group))
@@ -508,24 +509,33 @@ def memory_specs(device: str) -> list[dict]:
             for name, loop, options in rows]
 
 
+def fitted_defaults(model, card_gib: float, methods=None):
+    """Each method's default on `model` (a ShapeOnlyModel) with a concept and four preserve prompts: its plan as it
+    is, and the config and plan `memory: auto` fits it to on a card of `card_gib` (0.5 GiB kept for the CUDA context
+    and the host's buffers). Yields (method, plan, fitted config, fitted plan). Shapes only: nothing is run."""
+    from erasure_core.memory import GiB, fit, module_bytes, plan_memory
+    from erasure_core.methods import METHODS
+
+    loaded = sum(module_bytes(m) for m in (model.unet, model.text_encoder, model.text_encoder_2, model.vae))
+    free = int(card_gib * GiB) - GiB // 2 - loaded
+    for name in methods or METHODS:
+        config = METHODS[name][0](concepts=["a dog"], preserve_prompts=["a cat", "a horse", "a car", "a tree"])
+        config.validate()
+        plan = plan_memory(model, name, config, available=free)
+        fitted, fitted_plan = (config, plan) if plan.fits else fit(model, name, config, plan)
+        yield name, plan, fitted, fitted_plan
+
+
 def sdxl_memory_specs(device: str, card_gib: float = 24.0) -> list[dict]:
     """SDXL at 1024 px, each training method's default as `memory: auto` fits it to a `card_gib` card (the plan's
     table), run for 2 steps at a batch of two micro-batches: the peak of one micro-batch is the peak of any batch.
     GPU only: on the CPU a 1024 px SDXL step with full-weight groups would not fit this machine."""
     if device != "cuda":
         return []
-    from erasure_core.memory import GiB, ShapeOnlyModel, fit, module_bytes, plan_memory
-    from erasure_core.methods import METHODS
+    from erasure_core.memory import ShapeOnlyModel
 
-    model = ShapeOnlyModel.sdxl()
-    loaded = sum(module_bytes(m) for m in (model.unet, model.text_encoder, model.text_encoder_2, model.vae))
-    free = int(card_gib * GiB) - GiB // 2 - loaded
     specs = []
-    for name in ("cg", "dt", "esd"):
-        config = METHODS[name][0](concepts=["a dog"], preserve_prompts=["a cat", "a horse", "a car", "a tree"])
-        config.validate()
-        plan = plan_memory(model, name, config, available=free)
-        fitted, fitted_plan = fit(model, name, config, plan) if not plan.fits else (config, plan)
+    for name, _, fitted, fitted_plan in fitted_defaults(ShapeOnlyModel.sdxl(), card_gib, ("cg", "dt", "esd")):
         micro = fitted.micro_batch or fitted.batch_size
         specs.append(dict(world="sdxl", device=device, pixels=1024, batch=2 * micro, steps=2, short_setup=True,
                           loop=name, group=fitted.group,
@@ -537,23 +547,36 @@ def sdxl_memory_specs(device: str, card_gib: float = 24.0) -> list[dict]:
 
 def gpu_plans(card_gib: float = 8.0, model=None) -> list[dict]:
     """Each method's default on Stable Diffusion 1.5 at 512 px (or `model`, a ShapeOnlyModel; fp16 weights, as
-    hosts keep them on a GPU): its plan as it is, and as fitted ("memory: auto") to a card of `card_gib`. Shapes
-    only: nothing is run."""
-    from erasure_core.memory import GiB, ShapeOnlyModel, fit, module_bytes, plan_memory
+    hosts keep them on a GPU): its plan as it is, and as fitted ("memory: auto") to a card of `card_gib`."""
+    from erasure_core.memory import ShapeOnlyModel
+
+    return [{"method": name, "settings": plan.settings, "plan_bytes": plan.total, "fitted_bytes": fitted_plan.total,
+             "changes": fitted_plan.changes, "fits": plan.fits}
+            for name, plan, _, fitted_plan in fitted_defaults(model or ShapeOnlyModel.sd15(), card_gib)]
+
+
+def replan(row: dict) -> dict:
+    """The memory plan of a measured row as the current code makes it (shapes only, on `meta`): the plan columns of
+    a row measured before the plan changed, or on a machine that is gone (a lent GPU)."""
+    from erasure_core.memory import ShapeOnlyModel, plan_memory
     from erasure_core.methods import METHODS
 
-    model = model or ShapeOnlyModel.sd15()
-    loaded = sum(module_bytes(m) for m in (model.unet, model.text_encoder, model.text_encoder_2, model.vae))
-    free = int(card_gib * GiB) - GiB // 2 - loaded  # the CUDA context and the host's buffers: ~0.5 GiB
-    rows = []
-    for name, (config_cls, _) in METHODS.items():
-        config = config_cls(concepts=["a dog"], preserve_prompts=["a cat", "a horse", "a car", "a tree"])
-        config.validate()
-        plan = plan_memory(model, name, config, available=free)
-        fitted_config, fitted = fit(model, name, config, plan) if not plan.fits else (config, plan)
-        rows.append({"method": name, "settings": plan.settings, "plan_bytes": plan.total,
-                     "fitted_bytes": fitted.total, "changes": fitted.changes, "fits": plan.fits})
-    return rows
+    make = ShapeOnlyModel.sd15 if row["world"] == "sd15" else ShapeOnlyModel.sdxl
+    # the bench's models: SD1.5 with fp32 weights, SDXL with bf16 ones (random_sd15_modules, random_sdxl_unet)
+    model = make(image_size=row["pixels"], device=row["device"],
+                 dtype=torch.float32 if row["world"] == "sd15" else torch.bfloat16)
+    model.text_encoder = model.text_encoder_2 = None  # the bench's text encoders are stubs: nothing to hold
+    options = method_options(row["world"], row["loop"], model.latent_shape[1], row["batch"], row["steps"],
+                             row["short_setup"])
+    config = METHODS[row["loop"]][0](**{**options, "group": row["group"], **row.get("options", {})})
+    config.validate()
+    plan = plan_memory(model, row["loop"], config, available=None)
+    return plan_fields(plan)
+
+
+def plan_fields(plan) -> dict:
+    return {"plan_bytes": plan.total, "plan_parts_bytes": plan.parts, "plan_settings": plan.settings,
+            "plan_training_bytes": sum(v for k, v in plan.parts.items() if not k.startswith(("frozen", "cached")))}
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -668,41 +691,62 @@ def gpu_plan_table(rows: list[dict], card_gib: float = 8.0) -> list[str]:
     return lines
 
 
-def sdxl_section(rows: list[dict], plans: list[dict]) -> list[str]:
-    sdxl = [r for r in rows if r["world"] == "sdxl"]
+def sdxl_section(rows: list[dict], plans: list[dict], device: str, info: dict) -> list[str]:
+    sdxl = [r for r in rows if r["world"] == "sdxl" and r["device"] == device]
     pixels = sdxl[0]["pixels"]
-    lines = [f"### Full-size SDXL-shaped UNet on CPU (bf16 weights, LoRA rank {SDXL_LORA_RANK} on cross_attn, "
+    where = info.get("gpu", "GPU") if device == "cuda" else "CPU"
+    lines = [f"### Full-size SDXL-shaped UNet on {where} (bf16 weights, LoRA rank {SDXL_LORA_RANK} on cross_attn, "
              f"{pixels} px = {pixels // 8}x{pixels // 8} latents, random weights)", "",
              "UNet2DConditionModel with SDXL base's config (320/640/1280, transformer depth 1/2/10, cross-attention "
              "2048, text_time embedding; 2.6B parameters), random weights stored in **bf16** (in fp32 it alone would "
              "take 10 GB). Text encoders and VAE are **stubs** (random SDXL-shaped context, pooled embedding and "
              "size ids; an 8x average-pool VAE): fine for timing and memory, meaningless for erasing. Every loop "
              f"trains the same LoRA rank {SDXL_LORA_RANK} on the cross_attn group in bf16 autocast; the plain loop "
-             "is diffusers' LoRA example loop (peft adapters) on the same modules. This CPU has no native bf16, "
-             "so the step times are slow in absolute terms; the ratios are what carry over.", ""]
-    lines += main_table(rows, "sdxl") + [""]
+             "is diffusers' LoRA example loop (peft adapters) on the same modules."
+             + (" This CPU has no native bf16, so the step times are slow in absolute terms; the ratios are what "
+                "carry over." if device == "cpu" and not info.get("cpu_native_bf16") else ""), ""]
+    lines += main_table(rows, "sdxl", device) + [""]
     measured = [dict(r, option="checkpointing" if r.get("options", {}).get("checkpointing") else "shipped")
                 for r in sdxl if "training_peak_bytes" in r and not r.get("paired")]
     if measured:
         lines += ["The memory plan (erasure_core/memory.py) of these SDXL rows against their measured training peak "
-                  "(the rise of resident memory over the training phase):", ""]
+                  f"({'the rise of resident memory' if device == 'cpu' else 'the peak allocated'} over the training "
+                  "phase):", ""]
         lines += memory_table(measured) + [""]
-    if plans:
+    if plans and device == "cpu":
         lines += ["#### What an SDXL erasure needs on a 24 GB GPU (plan, 1024 px)", "",
                   "The memory plan of each method on SDXL base at 1024 px (128x128 latents) with its weights in fp16 "
                   "(the CUDA default), as it is and as `memory: auto` fits it to a 24 GB card (0.5 GiB for CUDA's "
-                  "context taken off). **A plan, not a measurement**: no GPU was available; its activation count is "
-                  "the meta-device count times the peak factor measured on the CPU (the table above checks it on "
-                  "SDXL's shapes), so CUDA's allocator may differ.", ""]
+                  "context taken off): computed from shapes, not run. The same defaults as fitted were run on a "
+                  "GPU once (bench/results/gpu_h200/speed.md, 'SDXL at 1024 px').", ""]
         lines += gpu_plan_table(plans, 24.0) + [""]
     return lines
+
+
+def fitted_table(rows: list[dict]) -> list[str]:
+    """Each default as `memory: auto` fitted it, run: the plan's whole run and training phase against the measured."""
+    lines = ["| method | settings (as fitted) | plan: whole run (GiB) | measured: whole run peak (GiB) "
+             "| plan: training (GiB) | measured: training peak (GiB) | step (s) at batch |", "|" + "---|" * 7]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['loop']} | {r['option']} | error: {r['error']} |" + " |" * 4)
+            continue
+        lines.append(f"| {r['loop']} | {r['plan_settings']}; {r['option']} | {gib(r['plan_bytes'])} "
+                     f"| {gib(r['peak_bytes'])} | {gib(r['plan_training_bytes'])} | {gib(r['training_peak_bytes'])} "
+                     f"| {r['step_s']:.2f} at {r['batch']} |")
     return lines
 
 
 def markdown(report: dict) -> str:
     d, rows = report["device"], report["rows"]
-    lines = [f"Measured by `{report['command']}` in {report['seconds']:.0f} s on {d['cpu']} ({d['cpu_threads']} torch "
-             f"threads{', ' + d['gpu'] if 'gpu' in d else ''}), torch {d['torch']}, diffusers {d['diffusers']}. "
+    before = [r["process_bytes_before_model"] for r in rows if r["device"] == "cpu" and "process_bytes_before_model" in r]
+    took = f" in {report['seconds']:.0f} s" if report.get("seconds") else ""
+    if report.get("complete") is False:
+        took += " (cut short: only the rows below finished)"
+    replanned = (f" The plan columns were recomputed after the run by `{report['replanned']}` (the current memory "
+                 "plan, shapes only); the measured columns are the run's." if report.get("replanned") else "")
+    lines = [f"Measured by `{report['command']}`{took} on {d['cpu']} ({d['cpu_threads']} torch "
+             f"threads{', ' + d['gpu'] if 'gpu' in d else ''}), torch {d['torch']}, diffusers {d['diffusers']}.{replanned} "
              "Each row is a fresh subprocess; step time is the median over the steps after the first. Rows run "
              "one after another on a shared CPU, so differences of ~10% between two rows can be noise: the "
              "ratio to the plain loop therefore comes from a **paired** run, in which the method's own erase_* "
@@ -715,9 +759,9 @@ def markdown(report: dict) -> str:
               "**÷ plain** compares with the plain diffusers loop on the same world, trainable group, batch and "
               "precision (the loop of diffusers' examples/text_to_image/train_text_to_image.py on precomputed "
               "latents and text embeddings; AdamW with default settings; clip_grad_norm 1.0). "
-              "Peak memory: peak RSS of the row's process on CPU (includes "
-              f"~{gib(statistics.median([r.get('process_bytes_before_model', 0) for r in rows if 'error' not in r] or [0]))} "
-              "GiB of Python + torch + diffusers before any model), CUDA peak allocated on GPU.", ""]
+              + ("Peak memory: peak RSS of the row's process on CPU (includes "
+                 f"~{gib(statistics.median(before))} GiB of Python + torch + diffusers before any model), CUDA peak "
+                 "allocated on GPU." if before else "Peak memory: CUDA peak allocated."), ""]
     if any(r["world"] == "toy" for r in rows):
         lines += ["### Toy world on CPU (fp32)", "",
                   "bench/quality.py's object-task settings (erase 'circle', batch 16); 'finished erasure' is the wall "
@@ -733,11 +777,18 @@ def markdown(report: dict) -> str:
                   "one DDIM step and (DT) one given concept image, so only the step times mean anything; the "
                   "finished-erasure column projects the default 200 steps from the step time.", ""]
         lines += main_table(rows, "sd15") + [""]
-    if any(r["world"] == "sdxl" for r in rows):
-        lines += sdxl_section(rows, report.get("sdxl_gpu_plans", []))
-    lines += ["### Full-size SD1.5-shaped UNet on GPU (512 px, bf16 autocast, fp32 masters)", "",
-              report["gpu_note"], ""]
-    if any(r["device"] == "cuda" for r in rows):
+    for device in ("cpu", "cuda"):
+        if any(r["world"] == "sdxl" and r["device"] == device for r in rows):
+            lines += sdxl_section(rows, report.get("sdxl_gpu_plans", []), device, d)
+    gpu_rows = any(r["world"] == "sd15" and r["device"] == "cuda" for r in rows)
+    if gpu_rows or "gpu" not in d:
+        lines += ["### Full-size SD1.5-shaped UNet on GPU (512 px, bf16 autocast, fp32 masters)", "",
+                  f"Run on {d['gpu']}: random weights and stub text encoder as on CPU, batch 4, each method on its "
+                  "own default group." if gpu_rows else "Not run here: no GPU on this machine (torch.cuda.is_available() "
+                  "is False); on a GPU the same command times each method and the plain loop at 512 px in bf16 "
+                  "autocast." + "".join(f" GPU runs: `{f.relative_to(BENCH.parent)}`." for f in
+                                        sorted((BENCH / "results").glob("gpu_*/speed.md"))), ""]
+    if gpu_rows:
         lines += main_table(rows, "sd15", "cuda") + [""]
     if report["option_rows"]:
         skipped = "" if report["device"].get("cpu_native_bf16", True) or report["device"].get("gpu") else (
@@ -749,17 +800,30 @@ def markdown(report: dict) -> str:
                   f"{report['option_rows'][0]['steps']} steps with a short setup; full-size rows as above. "
                   "'bench only' options are not library options: they were measured and left out." + skipped, ""]
         lines += option_table(report["option_rows"]) + [""]
-    if report.get("memory_rows"):
-        memory = report["memory_rows"]
-        lines += ["### Memory by option: the plan against the measured peak (SD1.5-shaped UNet)", "",
+    memory = [r for r in report.get("memory_rows", []) if r["world"] == "sd15"]
+    if memory:
+        lines += [f"### Memory by option: the plan against the measured peak (SD1.5-shaped UNet, "
+                  f"{'CPU' if memory[0]['device'] == 'cpu' else d.get('gpu', 'GPU')})", "",
                   f"Measured by `{report.get('memory_command', 'python bench/speed.py --memory')}`: cg (and dt for the "
                   f"all-layer rows) at batch {memory[0]['batch']}, {memory[0]['pixels']} px, {memory[0]['steps']} steps, "
                   "random SD1.5-shaped weights in fp32 and the stub text encoder, each row in its own process. "
                   "'training' is what the training loop adds: the trained copy, its gradients, AdamW's state and "
                   "the step's activations; on the CPU it is measured as the rise of resident memory over the "
                   "training phase (the high-water mark reset just before it), on a GPU as the peak allocated. "
-                  "'whole run' adds the loaded model and the tensors cached before training.", ""]
+                  "'whole run' adds the loaded model and the tensors cached before training. The trained copy is "
+                  "made just before the training loop, so the measured training peak leaves it out where the plan's "
+                  "training part counts it (it decides little but for full SDXL weights: 2.0 GiB).", ""]
         lines += memory_table(memory) + [""]
+    fitted = [r for r in report.get("memory_rows", []) if r["world"] == "sdxl"]
+    if fitted:
+        lines += [f"### SDXL at 1024 px: each default as `memory: auto` fits it to a 24 GB card, run on "
+                  f"{d.get('gpu', 'GPU')}", "",
+                  "SDXL base's UNet with random bf16 weights and stub text encoders; each method's "
+                  "default (a concept and four preserve prompts) fitted by the memory plan to 24 GB, then run for "
+                  f"{fitted[0]['steps']} steps at a batch of two micro-batches (the peak of one micro-batch is the "
+                  "peak of any batch). Whole run: CUDA's peak allocated over the process, the loaded model included; "
+                  "training: the peak allocated over the training loop above what was held before it.", ""]
+        lines += fitted_table(fitted) + [""]
     if report.get("gpu_plans"):
         lines += ["### Every default on an 8 GB GPU (plan, SD1.5 at 512 px)", "",
                   "The memory plan of each method's default settings on Stable Diffusion 1.5 at 512 px with its weights "
@@ -768,9 +832,13 @@ def markdown(report: dict) -> str:
                   "an 8 GB card (0.5 GiB kept for the CUDA context). Shapes only: computed, not run.", ""]
         lines += gpu_plan_table(report["gpu_plans"]) + [""]
     notes = BENCH / "speed_decisions.md"
-    if notes.exists():
+    if notes.exists() and "gpu" not in d:  # the CPU report's
         lines += [notes.read_text().strip(), ""]
     return "\n".join(lines)
+
+
+def command_line(argv) -> str:
+    return "python bench/speed.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
 
 
 def main(argv=None) -> int:
@@ -783,18 +851,40 @@ def main(argv=None) -> int:
     parser.add_argument("--memory", action="store_true", help="only the memory rows (plan against measured peak) "
                         "and the GPU plans, merged into OUT/speed.json")
     parser.add_argument("--worlds", default="toy,sd15,sdxl", help="which worlds to run (comma-separated)")
+    parser.add_argument("--replan", action="store_true", help="with --render or --merge: the plan columns of "
+                        "every measured row recomputed by the current memory plan (the measured columns stay)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="only write OUT/speed.{json,md} from these "
+                        "reports joined (the parts of a run split up, e.g. each under its own time limit)")
     args = parser.parse_args(argv)
     if args.row:
         print("ROW " + json.dumps(measure(json.loads(args.row))), flush=True)
         return 0
-    if args.render:
+    if args.render or args.merge:
         out = Path(args.out)
-        write_markdown(out / "speed.md", json.loads((out / "speed.json").read_text()))
+        report = merge_reports([json.loads(Path(f).read_text()) for f in args.merge]) if args.merge else (
+            json.loads((out / "speed.json").read_text()))
+        if args.replan:
+            for row in report.get("memory_rows", []) + report["rows"]:
+                if "training_peak_bytes" in row and row["world"] != "toy":
+                    row.update(replan(row))
+            report["replanned"] = command_line(argv)
+            if report.get("gpu_plans"):  # shapes only too
+                from erasure_core.memory import ShapeOnlyModel
+
+                report["gpu_plans"] = gpu_plans()
+                if report.get("sdxl_gpu_plans"):
+                    report["sdxl_gpu_plans"] = gpu_plans(24.0, ShapeOnlyModel.sdxl())
+        if args.merge or args.replan:
+            from erasure_core.jobs import write_json
+
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "speed.json", report)
+        write_markdown(out / "speed.md", report)
         return 0
     started = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     log = lambda m: print(m, flush=True)  # noqa: E731
-    command = "python bench/speed.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    command = command_line(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from erasure_core.jobs import write_json
@@ -802,18 +892,19 @@ def main(argv=None) -> int:
     worlds = set(args.worlds.split(","))
     if args.memory:  # merged into OUT/speed.json: the memory rows of the other worlds stay
         report = json.loads((out / "speed.json").read_text()) if (out / "speed.json").exists() else {
-            "command": command, "device": device_info(device), "seconds": 0, "gpu_note": "", "rows": [],
-            "option_rows": []}
+            "command": command, "device": device_info(device), "seconds": 0, "rows": [], "option_rows": []}
         rows = report["memory_rows"] = [r for r in report.get("memory_rows", []) if r["world"] not in worlds]
+        was_complete, report["complete"] = report.get("complete", True), False  # until every row has run
         specs = (memory_specs(device) if "sd15" in worlds else []) + (
             sdxl_memory_specs(device) if "sdxl" in worlds else [])
-        with tempfile.TemporaryDirectory(prefix="speed_sd15_") as weights:
-            if "sd15" in worlds:
+        with tempfile.TemporaryDirectory(prefix="speed_sd15_") if "sd15" in worlds else nullcontext() as weights:
+            if weights:
                 save_random_sd15(Path(weights))
             for spec in specs:
                 rows.append(run_row(dict(spec, weights=weights), log))
                 write_json(out / "speed.json", report)  # after each row: a run cut short keeps what it measured
-        report.update(memory_command=f"{command} ({time.time() - started:.0f} s)", gpu_plans=gpu_plans())
+        report.update(memory_command=f"{command} ({time.time() - started:.0f} s)", gpu_plans=gpu_plans(),
+                      complete=was_complete)
         if "sdxl_gpu_plans" in report:  # the plan changed: its SDXL table too
             from erasure_core.memory import ShapeOnlyModel
 
@@ -825,20 +916,17 @@ def main(argv=None) -> int:
     specs += sdxl_specs(device, args.quick) if "sdxl" in worlds else []
     option = [s for s in option_specs(device, args.quick, args.compile) if s["world"] in worlds]
     rows, option_rows = [], []
-    partial = {"command": command, "device": device_info(device), "seconds": 0, "gpu_note": "", "rows": rows,
+    partial = {"command": command, "device": device_info(device), "seconds": 0, "complete": False, "rows": rows,
                "option_rows": option_rows}
     with tempfile.TemporaryDirectory(prefix="speed_sd15_") as weights:
         if any(s["world"] == "sd15" for s in specs + option):
             save_random_sd15(Path(weights))
         for spec, measured in [(s, rows) for s in specs] + [(s, option_rows) for s in option]:
             measured.append(run_row(dict(spec, weights=weights), log))
+            partial["seconds"] = time.time() - started
             write_json(out / "speed.json", partial)  # after each row: a run cut short keeps what it measured
-    gpu_note = ("GPU half not run: no GPU available (torch.cuda.is_available() is False); on a GPU the same "
-                "command times each method and the plain loop at 512 px in bf16 autocast." if device == "cpu"
-                else f"Run on {torch.cuda.get_device_name()}: random weights and stub text encoder as on CPU, "
-                "batch 4, each method on its own default group.")
     report = {"command": command, "device": device_info(device), "seconds": time.time() - started,
-              "gpu_note": gpu_note, "rows": rows, "option_rows": option_rows, "gpu_plans": gpu_plans()}
+              "complete": True, "rows": rows, "option_rows": option_rows, "gpu_plans": gpu_plans()}
     if "sdxl" in worlds:
         from erasure_core.memory import ShapeOnlyModel
 
@@ -848,6 +936,25 @@ def main(argv=None) -> int:
     write_json(out / "speed.json", report)
     print(write_markdown(out / "speed.md", report))
     return 0
+
+
+def merge_reports(parts: list[dict]) -> dict:
+    """One report from the parts of a run split up: their rows joined, their commands listed, rates computed."""
+    report = {"command": "; ".join(p["command"] for p in parts), "device": parts[0]["device"],
+              "seconds": sum(p.get("seconds", 0) for p in parts),
+              "complete": all(p.get("complete", True) for p in parts)}
+    for key in ("rows", "option_rows", "memory_rows"):
+        report[key] = [r for p in parts for r in p.get(key, [])]
+    memory = [p["memory_command"] for p in parts if p.get("memory_command")]
+    if memory:
+        report["memory_command"] = "; ".join(memory)
+    for key in ("gpu_plans", "sdxl_gpu_plans"):  # shapes only: the last part's are as good as any
+        plans = [p[key] for p in parts if p.get(key)]
+        if plans:
+            report[key] = plans[-1]
+    add_rates(report["rows"])
+    add_rates(report["option_rows"])
+    return report
 
 
 def write_markdown(path: Path, report: dict) -> str:

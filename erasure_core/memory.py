@@ -16,9 +16,10 @@ compute) on a copy of its structure, with the trained weights marked as trained,
 every tensor autograd saves; attention is counted as the fused kernels keep it (query, key,
 value, output and log-sum-exp, as PyTorch's flash/memory-efficient attention on GPUs and its
 flash kernel on CPUs do), and under autocast the cast copies its ops make (of the weights too).
-The step's peak is that count times factors measured on the CPU (the *_FACTOR constants below).
+The step's peak is that count times factors measured on the CPU and on a GPU (`PEAK_FACTORS` below).
 `tests/test_memory.py` checks the count against the tensors a real training step saves, the
-exact parts against the real tensors, and the plan against the measured peak of training on the CPU.
+exact parts against the real tensors, and the plan against the measured peak of training on the CPU
+and against the peaks measured once on a GPU (bench/results/gpu_h200).
 """
 from __future__ import annotations
 
@@ -41,22 +42,36 @@ from .offload import offloadable_text_encoders
 from .trainable import inference_copy_bytes, select_modules, trained_numel
 
 GiB = 2**30
-# Peak memory of a training step over the activations autograd saves: the backward pass's gradients, the
-# loss's temporaries and the allocator's slack. Measured on the CPU (tests/test_memory.py; bench/speed.py
-# --memory): the training phase of cg / dt / esd on the toy world peaked at 1.57 / 1.43 / 1.50 x the saved
-# bytes (plus the exact parts); 1.6 covers them. With gradient checkpointing the largest recomputed unit is
-# held again with its gradients during its backward: 4 x its saved bytes on top of 1.6 x the rest covered the
-# measured peaks of cg / dt on the toy world and cg on the SD1.5-shaped UNet (they needed 3.6 / 2.6 / 2.9 x).
+class PeakFactors(NamedTuple):
+    """A training step's peak over the activations autograd saves, by kind of step: the backward pass's gradients,
+    the loss's temporaries and the allocator's slack."""
+
+    full: int | float  # trained full weights: times the saved bytes
+    lora: int | float  # trained LoRA adapters: times the saved bytes
+    unit: int | float  # with gradient checkpointing: times the largest recomputed unit, on top of `full` x the rest
+    lora_unit: int | float  # the same with a LoRA
+
+
+# CPU (bench/speed.py --memory, tests/test_memory.py): the training phase of cg / dt / esd on the toy world peaked
+# at 1.57 / 1.43 / 1.50 x the saved bytes (plus the exact parts); 1.6 covers them. With gradient checkpointing the
+# largest recomputed unit is held again with its gradients during its backward: 4 x its saved bytes on top of 1.6 x
+# the rest covered cg / dt on the toy world and cg on the SD1.5-shaped UNet (they needed 3.6 / 2.6 / 2.9 x).
 # A LoRA's backward adds transient tensors the saved bytes do not show (the gradient reaches each layer's input
 # through both the frozen weight and the LoRA pair, and is summed): dt on the toy world with a rank-8 LoRA of every
-# layer peaked at 2.07 x the saved bytes where its full weights peaked at 1.24 x; 2.2 covers it.
-# With checkpointing the same transients come with the recomputed unit: dt with a rank-8 LoRA of every layer on the
-# SD1.5-shaped UNet needed 6.4 and 7.2 x the largest unit in two runs (on top of 2.2 x the rest); 8 covers them.
-# CUDA's caching allocator differs: to be measured when a GPU is lent.
-ACTIVATION_PEAK_FACTOR = 1.6
-LORA_PEAK_FACTOR = 2.2
-CHECKPOINT_UNIT_FACTOR = 4.0
-LORA_CHECKPOINT_UNIT_FACTOR = 8.0
+# layer peaked at 2.07 x the saved bytes where its full weights peaked at 1.24 x; 2.2 covers it. With checkpointing
+# the same transients come with the recomputed unit: dt with a rank-8 LoRA of every layer on the SD1.5-shaped UNet
+# needed 6.4 and 7.2 x the largest unit in two runs (on top of 2.2 x the rest); 8 covers them.
+CPU_PEAK = PeakFactors(full=1.6, lora=2.2, unit=4.0, lora_unit=8.0)
+# CUDA (one H200, torch 2.11, PyTorch's caching allocator; bench/results/gpu_h200): the backward frees each saved
+# tensor as it uses it, so the peak is the saved bytes themselves: 0.98-1.03 x on SD1.5 (cg, full weights, 3 and 6
+# rows) and SDXL (esd / cg / dt with a rank-4 LoRA, 1-3 rows); 1.1 covers them. With checkpointing the largest unit
+# needed (on top of 1.1 x the rest) 0.9-1.2 x on SD1.5, 0.6 x with SDXL's rank-4 LoRA, and 1.9 / 1.5 x for SDXL's cg
+# and dt defaults as fitted to 24 GB (full cross-attention weights; a rank-8 LoRA of every layer); 2.5 covers them.
+# The trained copy is made before the training loop, so these peaks are over the gradients and optimiser state.
+CUDA_PEAK = PeakFactors(full=1.1, lora=1.1, unit=2.5, lora_unit=2.5)
+PEAK_FACTORS = {"cpu": CPU_PEAK, "cuda": CUDA_PEAK}  # other devices: the CPU's, the larger
+
+
 # Rows back-propagated one group at a time (split_rows.py) peak above one group's plan: the whole call's output and
 # its gradient, and the loss's tensors on every row, stay while each group runs. cg and dt on the toy world (batch 32,
 # 32-row groups) peaked at 1.08-1.12 x the group's plan; 1.2 covers them.
@@ -242,13 +257,20 @@ class SavedActivations(NamedTuple):
         """Bytes held when the forward pass ends."""
         return self.outside + (self.unit_inputs + self.largest_unit if checkpointing else self.units)
 
-    def peak(self, checkpointing: bool, lora: bool = False) -> int:
-        """The training step's peak for these activations (factors measured on the CPU, see above)."""
-        factor = LORA_PEAK_FACTOR if lora else ACTIVATION_PEAK_FACTOR
+    def peak(self, checkpointing: bool, lora: bool = False, device_type: str = "cpu") -> int:
+        """The training step's peak for these activations on a `device_type` (factors measured, see above)."""
+        factors = PEAK_FACTORS.get(device_type, CPU_PEAK)
+        factor = factors.lora if lora else factors.full
         if checkpointing:
-            unit_factor = LORA_CHECKPOINT_UNIT_FACTOR if lora else CHECKPOINT_UNIT_FACTOR
+            unit_factor = factors.lora_unit if lora else factors.unit
             return int(factor * (self.outside + self.unit_inputs) + unit_factor * self.largest_unit)
         return int(factor * (self.outside + self.units))
+
+    @staticmethod
+    def of_rows(one: "SavedActivations", two: "SavedActivations", rows: int) -> "SavedActivations":
+        """The count for `rows` rows in one UNet call from the counts of one and two rows: the activations grow with
+        the rows, the cast copies of the weights under autocast are made once per call."""
+        return SavedActivations(*(a + (rows - 1) * (b - a) for a, b in zip(one, two)))
 
 
 def saved_activations(unet: nn.Module, rows: int, latent_shape: tuple[int, int, int],
@@ -361,22 +383,23 @@ def plan_memory(model, method: str, config, available: int | None | bool = True,
     rows = config.training_rows()
     # on the CPU while training (unless the robust option's attacks encode text then)
     offloaded = sum(module_bytes(m) for m in offloadable_text_encoders(model, config))
-    # Every saved tensor has the rows as its batch dimension, so one row's count times the rows is exact
-    # (tests/test_memory.py checks it) and a probe serves every micro-batch.
+    # Every saved activation has the rows as its batch dimension; the weights' cast copies (autocast) have none and
+    # are made once per call. So two probes, one row and two, give every micro-batch's count exactly
+    # (tests/test_memory.py checks it).
     key = (frozenset(trained), precision_dtype, weight_dtype, device.type, lora, tuple(model.latent_shape),
            context_shape)
     probes = {} if probes is None else probes
     if key not in probes:
-        probes[key] = saved_activations(layout, 1, model.latent_shape, context_shape, trained, precision_dtype,
-                                        weight_dtype, device.type, lora)
-    one_row = probes[key]
+        probes[key] = tuple(saved_activations(layout, n, model.latent_shape, context_shape, trained, precision_dtype,
+                                              weight_dtype, device.type, lora) for n in (1, 2))
+    saved = SavedActivations.of_rows(*probes[key], rows)
     parts = {
         "frozen model (loaded)": resident - offloaded,
         "trained copy (fp32)": 4 * n_trained,
         "gradients (fp32)": 4 * n_trained,
         "optimiser state (AdamW)": 8 * n_trained,
         "cached tensors": cached,
-        f"activations ({rows} rows)": int(SavedActivations(*(rows * n for n in one_row)).peak(checkpointing, lora)
+        f"activations ({rows} rows)": int(saved.peak(checkpointing, lora, device.type)
                                           * (SPLIT_ROWS_FACTOR if config.split_rows else 1)),
     }
     inference_copy = inference_copy_bytes(unet, [] if lora else [name for name, _ in select_modules(unet, config.group)])

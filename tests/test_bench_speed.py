@@ -37,3 +37,26 @@ def test_paired_run_trains_a_copy_and_times_every_pair_after_the_first():
     assert low <= row["speedup_steps"] <= high
     after = model.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "the plain loop trained the method's own UNet"
+
+
+def test_parts_of_a_gpu_run_merge_into_one_report_with_each_world_in_its_section(tmp_path):
+    gpu = dict(cpu="x", cpu_threads=16, torch="2", diffusers="0", gpu="Some GPU")
+    fitted = dict(world="sdxl", device="cuda", loop="cg", option="default fitted to 24 GB: micro-batches of 1",
+                  batch=2, steps=2, plan_settings="cg, cross_attn full weights", plan_bytes=18 * 2**30,
+                  peak_bytes=16 * 2**30, plan_training_bytes=13 * 2**30, training_peak_bytes=9 * 2**30, step_s=1.4)
+    memory = dict(command="python bench/speed.py --memory --worlds sdxl", device=gpu, seconds=0, complete=False,
+                  rows=[], option_rows=[], memory_rows=[fitted])
+    main = dict(command="python bench/speed.py --worlds sd15", device=gpu, seconds=90, rows=[
+        dict(own("plain", 0.11), world="sd15", device="cuda", batch=4),
+        dict(own("esd", 0.23), world="sd15", device="cuda", batch=4),
+        dict(own("esd", None), world="sd15", device="cuda", batch=4, paired=True, method_step_s=0.22,
+             plain_step_s=0.12, pairs_timed=11, speedup_steps=0.5, speedup_min_max=[0.4, 0.6])], option_rows=[])
+    report = speed.merge_reports([memory, main])
+    assert report["command"].count("python bench/speed.py") == 2 and report["complete"] is False
+    assert report["rows"][1]["ratio_steps"] == 0.5, "rates are computed on the joined rows"
+    text = speed.write_markdown(tmp_path / "speed.md", report)
+    assert "cut short" in text and "SD1.5-shaped UNet on GPU" in text and "Run on Some GPU" in text
+    sdxl = text[text.index("### SDXL at 1024 px"):]
+    assert "| cg | cg, cross_attn full weights; default fitted to 24 GB: micro-batches of 1 | 18.00 | 16.00 | 13.00 " \
+           "| 9.00 | 1.40 at 2 |" in sdxl
+    assert "Memory by option" not in text, "no SD1.5 memory rows were measured: no section for them"

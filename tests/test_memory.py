@@ -1,9 +1,11 @@
 """The memory plan (erasure_core/memory.py): its parts against the real tensors, its activations against what
-autograd really keeps, its total against the measured peak of training on the CPU, and the defaults against an
-8 GB GPU; plus the refusal, the automatic fitting and the divergence guard."""
+autograd really keeps, its total against the measured peak of training on the CPU, and the defaults against a
+6 GB GPU (SD1.5) and their stated cards (SDXL), and the plan against the peaks measured on a GPU; plus the refusal, the automatic fitting and the divergence guard."""
 import ctypes
+import json
 import copy
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,8 +88,21 @@ def test_saved_activations_scale_with_the_rows(make):
         assert tuple(five) == tuple(5 * n for n in one), (group, one, five)
 
 
+@pytest.mark.parametrize("weights", [torch.float32, torch.float16])
+def test_under_autocast_the_weight_copies_are_counted_once_per_call(weights):
+    """bf16 autocast over 16- or 32-bit weights saves a cast copy of each frozen weight once per UNet call, whatever
+    its rows: the plan's count for N rows (from probes of one and two rows) is the count of N rows, not N x one."""
+    model = memory.ShapeOnlyModel.sd15(image_size=256, device="cpu", dtype=weights)
+    trained = {name for name, _ in memory.select_modules(model.unet, "cross_attn")}
+    kw = dict(latent_shape=model.latent_shape, context_shape=model.context_shape, trained=trained,
+              dtype=torch.bfloat16, weight_dtype=weights)
+    one, two, five = (memory.saved_activations(model.unet, rows=rows, **kw) for rows in (1, 2, 5))
+    assert tuple(memory.SavedActivations.of_rows(one, two, 5)) == tuple(five)
+    assert five.kept(False) < 0.6 * 5 * one.kept(False), "most of one row's count is the weights' copies"
+
+
 def test_fit_probes_once_per_setting(monkeypatch):
-    """`fit` tries many micro-batches; each setting's probe runs once."""
+    """`fit` tries many micro-batches; each setting's probes (one row, two rows) run once."""
     model = memory.ShapeOnlyModel.sd15(image_size=512, device="cuda", dtype=torch.float16)
     config = CGConfig(concepts=["a cat"], memory="auto")
     calls = []
@@ -96,7 +111,7 @@ def test_fit_probes_once_per_setting(monkeypatch):
     plan = memory.plan_memory(model, "cg", config, available=3 * GiB)
     fitted, fitted_plan = memory.fit(model, "cg", config, plan)
     assert fitted_plan.fits and fitted.micro_batch is not None, fitted_plan.describe()
-    assert set(calls) == {1} and len(calls) <= 1 + len(fitted_plan.changes) + 1, (calls, fitted_plan.changes)
+    assert set(calls) == {1, 2} and len(calls) <= 2 * (1 + len(fitted_plan.changes) + 1), (calls, fitted_plan.changes)
 
 
 @pytest.mark.parametrize("group, rank", [("cross_attn", None), ("all", None), ("cross_attn", 4)])
@@ -201,14 +216,14 @@ def test_the_plan_covers_the_measured_peak_of_training_on_the_cpu(toy_model, mon
     assert 0.9 * measured["peak"] <= training_parts <= 1.6 * measured["peak"], (training_parts, measured["peak"])
 
 
-CARD = 8 * GiB
+CARD = 6 * GiB
 CUDA_RUNTIME = GiB // 2  # the CUDA context and the host's own buffers, outside the plan
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_default_fits_an_8_gb_gpu_on_sd15_without_changing_what_is_trained(method):
+def test_every_default_fits_a_6_gb_gpu_on_sd15_without_changing_what_is_trained(method):
     """Stable Diffusion 1.5 at 512 px, weights in fp16 as the hosts keep them on a GPU: the default of every
-    method plans within an 8 GB card, fitted if needed only by result-neutral changes (checkpointing,
+    method plans within a 6 GB card, fitted if needed only by result-neutral changes (checkpointing,
     micro-batches)."""
     model = memory.ShapeOnlyModel.sd15()
     config = METHODS[method][0](concepts=["a dog"], preserve_prompts=["a cat", "a horse", "a car", "a tree"])
@@ -222,14 +237,14 @@ def test_every_default_fits_an_8_gb_gpu_on_sd15_without_changing_what_is_trained
     assert (fitted.rank, fitted.group) == (config.rank, config.group)
 
 
-# The smallest card (GB) each default fits on SDXL base at 1024 px keeping its parameter group. What decides it is
-# the largest recomputed block under checkpointing: 0.23 GiB a row (CUDA autocast keeps norm outputs in fp32),
-# held 8 times over with a LoRA's backward (measured on the CPU), beside the UNet and VAE (5.0 GiB; the text
-# encoders' 1.5 GiB wait on the CPU while training, offload.py). dt's two rows per batch element (scramble,
-# preserve) and cg's three (concept, unconditional, preserve) are back-propagated one at a time; cg, esd and ca's
-# full weights of their groups (546 M, 546 M, 341 M) become a LoRA of rank 8. uce's edit trains nothing (its text
-# encoders stay) and needs 1.5 GiB beside the model.
-XL_CARDS = {"dt": 11, "esd": 10, "cg": 10, "ca": 10, "uce": 9}
+# The smallest card (GB) each default fits on SDXL base at 1024 px keeping its parameter group, beside the UNet and
+# VAE (5.0 GiB; the text encoders' 1.5 GiB wait on the CPU while training, offload.py). What decides it is the
+# largest recomputed block under checkpointing: 0.23 GiB a row (CUDA autocast keeps norm outputs in fp32), held 2.5
+# times over (memory.CUDA_PEAK). dt's two rows per batch element (scramble, preserve) and cg's three (concept,
+# unconditional, preserve) are back-propagated one at a time; cg, esd and ca's full weights of their groups (546 M,
+# 546 M, 341 M) become a LoRA of rank 8. uce's edit trains nothing (its text encoders stay) and needs 1.5 GiB beside
+# the model.
+XL_CARDS = {"dt": 8, "esd": 8, "cg": 8, "ca": 7, "uce": 9}
 
 
 @pytest.fixture(scope="module")
@@ -412,3 +427,24 @@ def test_weights_loaded_in_inference_mode_are_planned_as_copied(toy_model, rank)
     trained = 0 if rank is not None else sum(p.numel() * p.element_size() for _, m in memory.select_modules(
         unet, "cross_attn") for p in m.parameters(recurse=False))
     assert plan.parts["copy of inference weights"] == copied - trained > 0
+
+
+GPU_RUN = Path(__file__).resolve().parents[1] / "bench" / "results" / "gpu_h200" / "speed.json"
+
+
+def test_the_plan_covers_the_peaks_measured_on_a_gpu():
+    """Every training peak measured on the lent H200 (SD1.5 at 512 px, SDXL at 1024 px: full weights and LoRA, with
+    and without checkpointing, micro-batches, and the SDXL defaults as fitted to 24 GB) against the plan the current
+    code makes for the same settings (shapes only). The trained copy is made before the training loop, so the
+    measured training peak is over it: the plan's training part is compared with the two together."""
+    sys.path.insert(0, str(GPU_RUN.parents[2]))
+    import speed
+
+    report = json.loads(GPU_RUN.read_text())
+    measured = [r for r in report["memory_rows"] + report["rows"] if "training_peak_bytes" in r]
+    assert len(measured) >= 10
+    for row in measured:
+        plan = speed.replan(row)
+        held = row["training_peak_bytes"] + plan["plan_parts_bytes"]["trained copy (fp32)"]
+        assert 1.0 <= plan["plan_training_bytes"] / held <= 1.6, (row["world"], row["loop"], row.get("option"),
+                                                                   plan["plan_training_bytes"] / held)
