@@ -1,6 +1,9 @@
 """One command, one table: each method's training step against a plain diffusers training loop.
 
     python bench/speed.py [--out DIR] [--quick] [--compile] [--worlds toy,sd15,sdxl]
+    python bench/speed.py --memory [--worlds sd15,sdxl]      # only the memory rows, merged into DIR/speed.json
+    python bench/speed.py --merge A/speed.json B/speed.json --out DIR   # the parts of a run split up (bench/gpu.sh)
+    python bench/speed.py --render [--replan] --out DIR      # DIR/speed.md again; --replan: plans by today's code
 
 Writes DIR/speed.json and DIR/speed.md (default DIR: bench/results). Every row runs in its own
 subprocess, so its peak memory (CUDA peak allocated on a GPU, peak RSS on CPU) is its own. The
@@ -15,8 +18,8 @@ Worlds:
 - sdxl: a full-size SDXL-shaped UNet (SDXL base's config, 2.6B parameters) with RANDOM weights
         stored in bf16 (fp32 would not fit a 6 GB process), LoRA rank 4 on cross_attn, bf16 autocast,
         128 px = 16x16 latents on CPU, stub text encoders (random SDXL-shaped context, pooled
-        embedding, size ids) and a stub VAE; DT with gradient checkpointing too. What a 24 GB GPU
-        needs at 1024 px is the memory plan's (erasure_core/memory.py), checked on these rows.
+        embedding, size ids) and a stub VAE; DT with gradient checkpointing too. On a GPU: 1024 px, and
+        (--memory) each default as `memory: auto` fits it to a 24 GB card, run.
 The plain loop is the one in diffusers' examples/text_to_image/train_text_to_image.py
 (add_noise, unet(...).sample, F.mse_loss, AdamW with default settings, backward, clip, step,
 zero_grad) on the same model, batch, precision and trainable weights.
