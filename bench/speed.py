@@ -863,26 +863,7 @@ def main(argv=None) -> int:
         print("ROW " + json.dumps(measure(json.loads(args.row))), flush=True)
         return 0
     if args.render or args.merge:
-        out = Path(args.out)
-        report = merge_reports([json.loads(Path(f).read_text()) for f in args.merge]) if args.merge else (
-            json.loads((out / "speed.json").read_text()))
-        if args.replan:
-            for row in report.get("memory_rows", []) + report["rows"]:
-                if "training_peak_bytes" in row and row["world"] != "toy":
-                    row.update(replan(row))
-            report["replanned"] = command_line(argv)
-            if report.get("gpu_plans"):  # shapes only too
-                from erasure_core.memory import ShapeOnlyModel
-
-                report["gpu_plans"] = gpu_plans()
-                if report.get("sdxl_gpu_plans"):
-                    report["sdxl_gpu_plans"] = gpu_plans(24.0, ShapeOnlyModel.sdxl())
-        if args.merge or args.replan:
-            from erasure_core.jobs import write_json
-
-            out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "speed.json", report)
-        write_markdown(out / "speed.md", report)
+        rewrite_report(Path(args.out), args.merge, args.replan, command_line(argv))
         return 0
     started = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -906,12 +887,8 @@ def main(argv=None) -> int:
             for spec in specs:
                 rows.append(run_row(dict(spec, weights=weights), log))
                 write_json(out / "speed.json", report)  # after each row: a run cut short keeps what it measured
-        report.update(memory_command=f"{command} ({time.time() - started:.0f} s)", gpu_plans=gpu_plans(),
-                      complete=was_complete)
-        if "sdxl_gpu_plans" in report:  # the plan changed: its SDXL table too
-            from erasure_core.memory import ShapeOnlyModel
-
-            report["sdxl_gpu_plans"] = gpu_plans(24.0, ShapeOnlyModel.sdxl())
+        report.update(memory_command=f"{command} ({time.time() - started:.0f} s)", complete=was_complete)
+        refresh_plan_tables(report)
         write_json(out / "speed.json", report)
         print(write_markdown(out / "speed.md", report))
         return 0
@@ -929,16 +906,44 @@ def main(argv=None) -> int:
             partial["seconds"] = time.time() - started
             write_json(out / "speed.json", partial)  # after each row: a run cut short keeps what it measured
     report = {"command": command, "device": device_info(device), "seconds": time.time() - started,
-              "complete": True, "rows": rows, "option_rows": option_rows, "gpu_plans": gpu_plans()}
-    if "sdxl" in worlds:
-        from erasure_core.memory import ShapeOnlyModel
-
-        report["sdxl_gpu_plans"] = gpu_plans(24.0, ShapeOnlyModel.sdxl())
+              "complete": True, "rows": rows, "option_rows": option_rows,
+              **({"sdxl_gpu_plans": []} if "sdxl" in worlds else {})}
+    refresh_plan_tables(report)
     add_rates(rows)
     add_rates(option_rows)
     write_json(out / "speed.json", report)
     print(write_markdown(out / "speed.md", report))
     return 0
+
+
+def refresh_plan_tables(report: dict) -> None:
+    """The shapes-only plan tables (every default on an 8 GB GPU; SDXL's on 24 GB where the report has them), as the
+    current memory plan makes them."""
+    from erasure_core.memory import ShapeOnlyModel
+
+    report["gpu_plans"] = gpu_plans()
+    if "sdxl_gpu_plans" in report:
+        report["sdxl_gpu_plans"] = gpu_plans(24.0, ShapeOnlyModel.sdxl())
+
+
+def rewrite_report(out: Path, merge: list[str] | None, replan_rows: bool, command: str) -> None:
+    """OUT/speed.md again from OUT/speed.json, or from the reports in `merge` joined (then OUT/speed.json too);
+    `replan_rows`: every measured row's plan columns and the plan tables as the current memory plan makes them."""
+    from erasure_core.jobs import write_json
+
+    report = merge_reports([json.loads(Path(f).read_text()) for f in merge]) if merge else (
+        json.loads((out / "speed.json").read_text()))
+    if replan_rows:
+        for row in report.get("memory_rows", []) + report["rows"]:
+            if "training_peak_bytes" in row and row["world"] != "toy":
+                row.update(replan(row))
+        report["replanned"] = command
+        if report.get("gpu_plans"):
+            refresh_plan_tables(report)
+    if merge or replan_rows:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "speed.json", report)
+    write_markdown(out / "speed.md", report)
 
 
 def merge_reports(parts: list[dict]) -> dict:

@@ -46,10 +46,10 @@ class PeakFactors(NamedTuple):
     """A training step's peak over the activations autograd saves, by kind of step: the backward pass's gradients,
     the loss's temporaries and the allocator's slack."""
 
-    full: int | float  # trained full weights: times the saved bytes
-    lora: int | float  # trained LoRA adapters: times the saved bytes
-    unit: int | float  # with gradient checkpointing: times the largest recomputed unit, on top of `full` x the rest
-    lora_unit: int | float  # the same with a LoRA
+    full: float  # trained full weights: times the saved bytes
+    lora: float  # trained LoRA adapters: times the saved bytes
+    unit: float  # with gradient checkpointing: times the largest recomputed unit, on top of `full` x the rest
+    lora_unit: float  # the same with a LoRA
 
 
 # CPU (bench/speed.py --memory, tests/test_memory.py): the training phase of cg / dt / esd on the toy world peaked
