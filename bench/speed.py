@@ -27,6 +27,7 @@ zero_grad) on the same model, batch, precision and trainable weights.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import resource
@@ -558,23 +559,31 @@ def gpu_plans(card_gib: float = 8.0, model=None) -> list[dict]:
             for name, plan, _, fitted_plan in fitted_defaults(model or ShapeOnlyModel.sd15(), card_gib)]
 
 
+@functools.lru_cache(maxsize=None)
+def bench_shapes(world: str, pixels: int, device: str):
+    """The bench's model of `world` as shapes only, with a dict for the memory plan's probes (shared by every row of
+    that model): SD1.5 with fp32 weights, SDXL with bf16 ones (random_sd15_modules, random_sdxl_unet). Made once:
+    SDXL's takes seconds."""
+    from erasure_core.memory import ShapeOnlyModel
+
+    make = ShapeOnlyModel.sd15 if world == "sd15" else ShapeOnlyModel.sdxl
+    model = make(image_size=pixels, device=device, dtype=torch.float32 if world == "sd15" else torch.bfloat16)
+    model.text_encoder = model.text_encoder_2 = None  # the bench's text encoders are stubs: nothing to hold
+    return model, {}
+
+
 def replan(row: dict) -> dict:
     """The memory plan of a measured row as the current code makes it (shapes only, on `meta`): the plan columns of
     a row measured before the plan changed, or on a machine that is gone (a lent GPU)."""
-    from erasure_core.memory import ShapeOnlyModel, plan_memory
+    from erasure_core.memory import plan_memory
     from erasure_core.methods import METHODS
 
-    make = ShapeOnlyModel.sd15 if row["world"] == "sd15" else ShapeOnlyModel.sdxl
-    # the bench's models: SD1.5 with fp32 weights, SDXL with bf16 ones (random_sd15_modules, random_sdxl_unet)
-    model = make(image_size=row["pixels"], device=row["device"],
-                 dtype=torch.float32 if row["world"] == "sd15" else torch.bfloat16)
-    model.text_encoder = model.text_encoder_2 = None  # the bench's text encoders are stubs: nothing to hold
+    model, probes = bench_shapes(row["world"], row["pixels"], row["device"])
     options = method_options(row["world"], row["loop"], model.latent_shape[1], row["batch"], row["steps"],
                              row["short_setup"])
     config = METHODS[row["loop"]][0](**{**options, "group": row["group"], **row.get("options", {})})
     config.validate()
-    plan = plan_memory(model, row["loop"], config, available=None)
-    return plan_fields(plan)
+    return plan_fields(plan_memory(model, row["loop"], config, available=None, probes=probes))
 
 
 def plan_fields(plan) -> dict:

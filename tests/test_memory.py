@@ -1,6 +1,7 @@
 """The memory plan (erasure_core/memory.py): its parts against the real tensors, its activations against what
-autograd really keeps, its total against the measured peak of training on the CPU, and the defaults against a
-6 GB GPU (SD1.5) and their stated cards (SDXL), and the plan against the peaks measured on a GPU; plus the refusal, the automatic fitting and the divergence guard."""
+autograd really keeps, its total against the measured peak of training on the CPU and the peaks measured on a GPU,
+and the defaults against a 6 GB GPU (SD1.5) and their stated cards (SDXL); plus the refusal, the automatic fitting
+and the divergence guard."""
 import ctypes
 import json
 import copy
