@@ -292,9 +292,9 @@ def run_method(model, spec: dict, on_step) -> dict:
     """The library's own erase_* call for spec's method, with `on_step` as its progress callback; returns the
     memory plan of the run and the peak memory of its training phase (CPU: resident memory, the high-water mark
     reset just before training; CUDA: peak allocated from there)."""
-    import ctypes
     import importlib
 
+    from erasure_core.heap import return_free_heap
     from erasure_core.memory import plan_memory
     from erasure_core.methods import METHODS
 
@@ -316,7 +316,7 @@ def run_method(model, spec: dict, on_step) -> dict:
             before = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
         else:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            return_free_heap()
             before = process_memory("VmRSS")
             Path("/proc/self/clear_refs").write_text("5")  # the high-water mark starts again from here
         losses = optimise(*args, **kwargs)

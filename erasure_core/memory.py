@@ -2,8 +2,6 @@
 
     frozen model      the UNet (and, where this process loaded them, text encoder and VAE) as loaded; on a GPU
                       the text encoders wait on the CPU while training (offload.py) and are not counted
-    inference copy    a host's weights loaded under inference mode (Forge's) cannot take part in autograd, so
-                      training copies them (trainable.shared_copy): as much again as the UNet's frozen weights
     trained copy      fp32 masters of the trained weights (full weights of the group, or LoRA adapters)
     gradients         one fp32 value per trained weight
     optimiser state   AdamW's two fp32 moments per trained weight
@@ -39,7 +37,7 @@ from torch.overrides import TorchFunctionMode
 from .conditioning import cross_attention_context
 from .errors import ErasureInputError
 from .offload import offloadable_text_encoders
-from .trainable import inference_copy_bytes, select_modules, trained_numel
+from .trainable import select_modules, trained_numel
 
 GiB = 2**30
 class PeakFactors(NamedTuple):
@@ -402,9 +400,6 @@ def plan_memory(model, method: str, config, available: int | None | bool = True,
         f"activations ({rows} rows)": int(saved.peak(checkpointing, lora, device.type)
                                           * (SPLIT_ROWS_FACTOR if config.split_rows else 1)),
     }
-    inference_copy = inference_copy_bytes(unet, [] if lora else [name for name, _ in select_modules(unet, config.group)])
-    if inference_copy:
-        parts["copy of inference weights"] = inference_copy
     weights = "full weights" if config.rank is None else f"LoRA rank {config.rank}"
     settings = (f"{method}, {config.group} {weights} ({n_trained / 1e6:.1f} M trained), batch {config.batch_size}, "
                 f"{model.latent_shape[1]}x{model.latent_shape[2]} latents, "

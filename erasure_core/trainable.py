@@ -82,23 +82,32 @@ def host_tensors(unet: nn.Module) -> dict[int, torch.Tensor]:
             if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter)}
 
 
+def ordinary_view(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` as an ordinary tensor over the same memory (no copy), detached.
+
+    Hosts load weights under inference mode (ComfyUI's loader nodes, Forge's loader), and autograd refuses to save
+    inference tensors for a backward pass. A DLPack view of the same storage carries no inference flag, so a frozen
+    weight takes part in training as it is, instead of costing a copy as large as the UNet. Where DLPack cannot
+    view a tensor (the meta device), it is cloned."""
+    tensor = tensor.detach()
+    if not tensor.is_inference():
+        return tensor
+    try:
+        return torch.from_dlpack(tensor)
+    except (BufferError, RuntimeError, TypeError, ValueError):
+        with torch.inference_mode(False):
+            return tensor.clone()
+
+
 def shared_copy(unet: nn.Module, trained: list[str]) -> nn.Module:
     """A frozen copy of `unet` whose weights share storage with it, except those of the modules named in
     `trained`, which are copied (they will change). Only what is trained costs new memory; the copy's
-    own Parameter objects keep the original's requires_grad flags untouched. Inference tensors (made
-    under a host's inference mode) cannot take part in autograd, so those are copied too."""
+    own Parameter objects keep the original's requires_grad flags untouched. Weights made under a host's
+    inference mode are shared through ordinary views (ordinary_view)."""
     copied = _params_of(unet, trained)
-    memo = {id(p): nn.Parameter(p.detach(), requires_grad=False)
-            for p in unet.parameters() if id(p) not in copied and not p.is_inference()}
+    memo = {id(p): nn.Parameter(ordinary_view(p), requires_grad=False) for p in unet.parameters() if id(p) not in copied}
     memo.update(host_tensors(unet))
     return copy.deepcopy(unet, memo).requires_grad_(False)
-
-
-def inference_copy_bytes(unet: nn.Module, trained: list[str]) -> int:
-    """Bytes shared_copy(unet, trained) copies besides the trained modules' own: the frozen weights that are
-    inference tensors (Forge loads every weight under inference mode, so there it is the whole UNet)."""
-    copied = _params_of(unet, trained)
-    return sum(p.numel() * p.element_size() for p in unet.parameters() if id(p) not in copied and p.is_inference())
 
 
 def _params_of(unet: nn.Module, names: list[str]) -> set[int]:

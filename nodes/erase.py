@@ -15,6 +15,7 @@ from erasure_core.backends import comfy as backend
 from erasure_core.defaults import BATCH_SIZE, STEPS, options_for
 from erasure_core.degeneration import DEGENERATIONS
 from erasure_core.errors import ErasureCancelled
+from erasure_core.heap import return_free_heap
 from erasure_core.methods import METHODS
 from erasure_core.methods.cg import CGConfig
 from erasure_core.methods.common import ANCHORS, DEFAULT_TEMPLATES, prepare
@@ -113,6 +114,7 @@ def run(cls, title: str, method: str, config, model, clip, vae, image_size: int)
     losses = list(result.losses)
     del result  # drop the trained UNet copy now; only the tensors live on
     mm.soft_empty_cache()
+    return_free_heap()  # the server lives on: training's freed heap back to the OS
     fresh = backend.patched_clone(model, tensors)
     reporter.text(f"{notes}{title}: done, {len(losses)} steps, final loss {losses[-1]:.4f}")
     curve = pil_to_image(loss_curve_image(losses))

@@ -178,7 +178,8 @@ class FakeState:
 
 
 def stand_in_webui(monkeypatch, tmp_path, sd_model=None, sd_models=None):
-    """`modules` with what the tab reaches: paths, shared (state, cmd_opts), call_queue's lock, sd_models."""
+    """`modules` with what the tab reaches: paths, shared (state, cmd_opts), call_queue's lock, sd_models, devices
+    (its torch_gc is recorded in the job state's calls)."""
     import threading
 
     modules = types.ModuleType("modules")
@@ -186,7 +187,8 @@ def stand_in_webui(monkeypatch, tmp_path, sd_model=None, sd_models=None):
     modules.shared = SimpleNamespace(sd_model=sd_model, cmd_opts=SimpleNamespace(), state=FakeState())
     modules.call_queue = SimpleNamespace(queue_lock=threading.Lock())
     modules.sd_models = sd_models or SimpleNamespace()
-    for name in ("paths", "shared", "call_queue", "sd_models"):
+    modules.devices = SimpleNamespace(torch_gc=lambda: modules.shared.state.calls.append("torch_gc"))
+    for name in ("paths", "shared", "call_queue", "sd_models", "devices"):
         monkeypatch.setitem(sys.modules, f"modules.{name}", getattr(modules, name))
     monkeypatch.setitem(sys.modules, "modules", modules)
     return modules
@@ -203,7 +205,7 @@ def test_tab_builds_with_a_stand_in_webui(monkeypatch, tmp_path):
     # No checkpoint loaded: the run reports it, naming the fix, instead of failing; it ran as a webui job.
     status = blocks.ce_runner.run("cg", "van gogh", "", "", 5, 1e-3, "cross_attn", 0, 0).status
     assert status.startswith("Error in model") and "checkpoint" in status
-    assert modules.shared.state.calls == ["begin", "end"]
+    assert modules.shared.state.calls == ["begin", "end", "torch_gc"]
 
 
 def test_an_erasure_is_a_webui_job(monkeypatch, tmp_path):
@@ -223,7 +225,8 @@ def test_an_erasure_is_a_webui_job(monkeypatch, tmp_path):
             "Concept Eraser: sampling the 'before' images", 3, 10)
         state.skipped = True
         assert webui.interrupted(state)  # Skip stops an erasure too
-    assert state.calls == ["begin", "end"] and not state.skipped and not state.interrupted
+    # After the job the webui's own collection runs (then erasure_core.heap gives the freed heap back).
+    assert state.calls == ["begin", "end", "torch_gc"] and not state.skipped and not state.interrupted
     assert modules.call_queue.queue_lock.acquire(blocking=False)
 
 

@@ -103,16 +103,24 @@ def test_trainable_copy_shares_only_the_frozen_weights(toy_model):
     assert len(lora_params) > 0
 
 
-def test_inference_tensors_are_copied_not_shared():
+def test_inference_tensors_are_shared_not_copied():
+    """A host's weights made under inference mode take part in training as ordinary views of the same memory:
+    no copy, autograd accepts them, and a training step leaves them as they were."""
     with torch.inference_mode():
-        layer = torch.nn.Linear(3, 3)
+        layer = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
     from erasure_core.trainable import shared_copy
 
-    copy = shared_copy(layer, [])
-    assert not copy.weight.is_inference() and copy.weight.data_ptr() != layer.weight.data_ptr()
+    before = [p.clone() for p in layer.parameters()]
+    copy = shared_copy(layer, ["1"])
+    assert not copy[0].weight.is_inference() and copy[0].weight.data_ptr() == layer[0].weight.data_ptr()
+    assert copy[1].weight.data_ptr() != layer[1].weight.data_ptr()  # a trained module is copied
+    copy[1].requires_grad_(True)
     x = torch.randn(2, 3, requires_grad=True)
-    copy(x).sum().backward()  # autograd accepts the copy's weights
-    assert x.grad is not None
+    copy(x).sum().backward()  # autograd accepts the shared weights
+    assert x.grad is not None and copy[1].weight.grad is not None
+    with torch.no_grad():
+        copy[1].weight.add_(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters())), "the host's weights changed"
 
 
 def test_training_uses_the_fused_adamw_and_it_steps_like_the_reference():

@@ -31,6 +31,7 @@ from .. import checks, erasure_file
 from ..conditioning import Conditioning
 from ..errors import ErasureInputError
 from ..model import EpsilonFromPrediction
+from ..trainable import ordinary_view
 from .ldm import meta_diffusers_unet, scheduler_config_for
 
 FINGERPRINT_KEY = "concept_eraser.unet_fingerprint"
@@ -100,23 +101,22 @@ def out_of_place_clip_layers(transformer: nn.Module):
 
 
 @contextlib.contextmanager
-def ordinary_tensors(module: nn.Module, copies: dict[int, torch.Tensor]):
+def ordinary_tensors(module: nn.Module, views: dict[int, torch.Tensor]):
     """ComfyUI's loader nodes run under inference mode, and autograd cannot save their weights (inference
     tensors) for a backward pass, which the attacks take through the text encoder. Inside this block every such
-    parameter or buffer of `module` is an ordinary copy (made once, kept in `copies`); ComfyUI's own are put back
-    after."""
+    parameter or buffer of `module` is an ordinary view of the same memory (trainable.ordinary_view, made once,
+    kept in `views`); ComfyUI's own are put back after."""
     swapped = []
     for sub in module.modules():
         for table in (sub._parameters, sub._buffers):
             for name, value in list(table.items()):
                 if value is not None and value.is_inference():
-                    if id(value) not in copies:
-                        with torch.inference_mode(False):
-                            copy_ = value.clone()
-                        copies[id(value)] = nn.Parameter(copy_, requires_grad=False) \
-                            if isinstance(value, nn.Parameter) else copy_
+                    if id(value) not in views:
+                        view = ordinary_view(value)
+                        views[id(value)] = nn.Parameter(view, requires_grad=False) \
+                            if isinstance(value, nn.Parameter) else view
                     swapped.append((table, name, value))
-                    table[name] = copies[id(value)]
+                    table[name] = views[id(value)]
     try:
         yield
     finally:
@@ -148,7 +148,7 @@ class ComfyModel(EpsilonFromPrediction):
         self.latent_shape = (4, side, side)
         self.image_size = image_size
         self._text_cache: dict[str, torch.Tensor] = {}
-        self._ordinary_copies: dict[int, torch.Tensor] = {}  # ordinary_tensors' copies of the CLIP's weights
+        self._ordinary_views: dict[int, torch.Tensor] = {}  # ordinary_tensors' views of the CLIP's weights
         self.load()
 
     def diffusers_equivalent(self) -> nn.Module:
@@ -232,7 +232,7 @@ class ComfyModel(EpsilonFromPrediction):
         if self.clip is None:
             raise ErasureInputError("clip", "is not connected", "connect the CLIP output of your checkpoint loader")
         with out_of_place_clip_layers(self._text_parts()[1]), \
-                ordinary_tensors(self.clip.cond_stage_model, self._ordinary_copies):
+                ordinary_tensors(self.clip.cond_stage_model, self._ordinary_views):
             rows = [self.clip.encode_from_tokens(self.clip.tokenize(p))[:, :77].float() for p in prompts]
         return torch.cat(rows).to(self.device)
 

@@ -30,6 +30,7 @@ from torch import nn
 from .. import erasure_file
 from ..conditioning import Conditioning
 from ..errors import ErasureInputError
+from ..heap import return_free_heap
 from ..layouts import family_of
 from ..naming import unique_path
 from ..trainable import host_tensors
@@ -337,7 +338,8 @@ def webui_job(title: str = "Concept Eraser"):
     """Run inside the webui's job queue, as its own buttons do (modules.call_queue.wrap_gradio_gpu_call):
     under the queue lock, so no txt2img/img2img (UI or API) runs on the model meanwhile, between
     `shared.state.begin()` and `end()`, so Interrupt/Skip and the progress API see the job. Yields the
-    progress callback `(desc, done, total)`; afterwards the flags are cleared for the next job."""
+    progress callback `(desc, done, total)`; afterwards the flags are cleared for the next job and the memory
+    the job freed is given back (release_job_memory)."""
     from modules import shared
     from modules.call_queue import queue_lock
 
@@ -351,6 +353,19 @@ def webui_job(title: str = "Concept Eraser"):
             shared.state.skipped = shared.state.interrupted = False
             if hasattr(shared.state, "stopping_generation"):
                 shared.state.stopping_generation = False
+            release_job_memory()
+
+
+def release_job_memory() -> None:
+    """After a job, what it freed goes back: the webui's own collection (gc and the CUDA cache), then the free
+    heap to the OS, so the next generation has the room it had before the erasure."""
+    try:
+        from modules import devices
+
+        devices.torch_gc()
+    except (ImportError, AttributeError):
+        pass
+    return_free_heap()
 
 
 def interrupted(state) -> bool:
