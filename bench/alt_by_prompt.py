@@ -25,6 +25,7 @@ from erasure_core.toyworld import JUDGE_PATH, MODEL_DIR  # noqa: E402
 from erasure_core.toyworld import evaluate as toy_eval  # noqa: E402
 from erasure_core.toyworld.judge import load_judge  # noqa: E402
 
+
 def readings(erasure: Path, concept: str, alternative: str, model_dir: Path = MODEL_DIR) -> list[tuple[str, str, str]]:
     """[(concept prompt, the original's reading asked for the alternative, the erased model's reading)]."""
     model, judge = load_diffusers_model(str(model_dir)), load_judge(JUDGE_PATH)
